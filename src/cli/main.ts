@@ -1,0 +1,28 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { CliError } from './client.js';
+import { DEFAULT_SERVER_URL } from './context.js';
+import { registerAuthCommands } from './auth.js';
+import { registerOrgCommands } from './org.js';
+
+const program = new Command('loom')
+  .description('Loom: disposable development environments (weavers) and near-instant state branching')
+  .option('--server-url <url>', `server URL (env LOOM_SERVER_URL, default ${DEFAULT_SERVER_URL})`)
+  .option('--json', 'machine-readable output')
+  .exitOverride()
+  .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+registerAuthCommands(program);
+registerOrgCommands(program);
+
+function fail(message: string, code = 1): never {
+  process.stderr.write(`loom: ${message}\n`);
+  process.exit(code);
+}
+
+program.parseAsync(process.argv).catch((e: unknown) => {
+  if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 2);
+  if (e instanceof CliError) fail(e.message, e.exitCode);
+  if (process.env['LOOM_DEBUG']) console.error(e);
+  fail(e instanceof Error ? e.message : String(e));
+});

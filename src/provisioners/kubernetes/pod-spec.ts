@@ -1,0 +1,227 @@
+/**
+ * The weaver pod, as a pure function of the weaver spec and the backend's settings.
+ * Nothing here talks to the API server; tests validate every shape this builds against the
+ * Kubernetes OpenAPI schema.
+ */
+import type { V1Container, V1EnvVar, V1Pod, V1SecurityContext } from '@kubernetes/client-node';
+import type { WeaverConfig } from '../../server/config/load.js';
+import type { WeaverSpec } from '../../weaver/provisioner.js';
+import {
+  AUDIT_CONTAINER,
+  CLONE_CONTAINER,
+  EXPIRES_AT_ANNOTATION,
+  LIFETIME_ANNOTATION,
+  MAIN_CONTAINER,
+  MANAGED_BY_LABEL,
+  MANAGED_BY_VALUE,
+  ORG_ID_LABEL,
+  OWNER_LABEL,
+  TAGS_ANNOTATION,
+  WEAVER_ID_ANNOTATION,
+  WEAVER_ID_LABEL,
+  WORKSPACE_DIR,
+  WORKSPACE_VOLUME,
+  podName,
+  toLabelValue,
+} from './labels.js';
+
+export type AuditSettings = WeaverConfig['audit'];
+
+export interface PodSpecOptions {
+  namespace: string;
+  imagePullSecrets: string[];
+  audit: AuditSettings;
+  /** Image of the clone init container; the weaver image (expected to have git) when unset. */
+  gitImage?: string;
+}
+
+/** The weaver user of the images: uid and gid 1000. */
+export const WEAVER_UID = 1000;
+export const WEAVER_GID = 1000;
+
+/** The directory a repo is cloned into: the last path segment of the URL without `.git`. */
+export function repoDirName(repo: string): string {
+  let path = repo;
+  try {
+    path = new URL(repo).pathname;
+  } catch {
+    // not a URL: use the string as a path
+  }
+  const last = path.split('/').filter(Boolean).pop() ?? '';
+  const name = last.replace(/\.git$/i, '').replace(/[^A-Za-z0-9._-]/g, '-');
+  if (!name || name === '.' || name === '..') return 'repo';
+  return name;
+}
+
+export function workingDir(spec: Pick<WeaverSpec, 'repo'>): string {
+  return spec.repo ? `${WORKSPACE_DIR}/${repoDirName(spec.repo)}` : WORKSPACE_DIR;
+}
+
+/** argv of the clone init container (no shell). */
+export function cloneCommand(repo: string, branch?: string): string[] {
+  return ['git', 'clone', '--depth', '1', ...(branch ? ['--branch', branch] : []), '--', repo, `${WORKSPACE_DIR}/${repoDirName(repo)}`];
+}
+
+/** activeDeadlineSeconds: the lifetime, a second guard beside the lifecycle layer's TTL timer. */
+export function deadlineSeconds(lifetimeHours: number): number {
+  return Math.max(1, Math.ceil(lifetimeHours * 3600));
+}
+
+function restrictedSecurityContext(): V1SecurityContext {
+  return {
+    runAsNonRoot: true,
+    runAsUser: WEAVER_UID,
+    runAsGroup: WEAVER_GID,
+    allowPrivilegeEscalation: false,
+    capabilities: { drop: ['ALL'] },
+    seccompProfile: { type: 'RuntimeDefault' },
+  };
+}
+
+const MIB = 1024 * 1024;
+
+function auditSidecar(spec: WeaverSpec, audit: AuditSettings): V1Container {
+  // The buffer may fill to bufferMaxBytes; leave room for the process itself.
+  const memLimitMi = Math.ceil(audit.bufferMaxBytes / MIB) + 128;
+  return {
+    name: AUDIT_CONTAINER,
+    image: audit.image,
+    // A native sidecar (Kubernetes >= 1.29): an init container that keeps running beside the main
+    // container and is stopped once the main container ends, so it never keeps the pod alive.
+    restartPolicy: 'Always',
+    ports: [
+      { name: 'metrics', containerPort: audit.metricsPort, protocol: 'TCP' },
+      { name: 'health', containerPort: audit.healthPort, protocol: 'TCP' },
+    ],
+    env: [
+      { name: 'LOOM_WEAVER_ID', value: spec.id },
+      { name: 'LOOM_AUDIT_BATCH_INTERVAL_MS', value: String(audit.batchIntervalMs) },
+      { name: 'LOOM_AUDIT_BUFFER_MAX_BYTES', value: String(audit.bufferMaxBytes) },
+      { name: 'LOOM_AUDIT_METRICS_PORT', value: String(audit.metricsPort) },
+      { name: 'LOOM_AUDIT_HEALTH_PORT', value: String(audit.healthPort) },
+      { name: 'LOOM_AUDIT_POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+      { name: 'LOOM_AUDIT_POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+    ],
+    livenessProbe: {
+      httpGet: { path: '/health', port: 'health' },
+      initialDelaySeconds: 5,
+      periodSeconds: 10,
+      failureThreshold: 3,
+    },
+    readinessProbe: {
+      httpGet: { path: '/health', port: 'health' },
+      periodSeconds: 5,
+    },
+    resources: {
+      requests: { cpu: '50m', memory: '64Mi' },
+      limits: { cpu: '500m', memory: `${memLimitMi}Mi` },
+    },
+    securityContext: {
+      // Loading BPF programs needs the capabilities in the effective set, which Kubernetes only
+      // gives to uid 0 (it has no ambient capabilities), so the sidecar alone runs as root.
+      runAsNonRoot: false,
+      runAsUser: 0,
+      runAsGroup: 0,
+      allowPrivilegeEscalation: false,
+      capabilities: {
+        drop: ['ALL'],
+        // BPF: bpf() for maps and programs; PERFMON: tracing programs (tp_btf, fentry, raw
+        // tracepoints) and perf buffers; SYS_RESOURCE: the memlock rlimit on kernels < 5.11.
+        // SYS_ADMIN is deliberately absent: since 5.8 BPF+PERFMON cover tracing, the programs
+        // attach with tp_btf/fentry so no tracefs/debugfs mount is needed, and Kubernetes
+        // rejects SYS_ADMIN together with allowPrivilegeEscalation: false anyway.
+        add: ['BPF', 'PERFMON', 'SYS_RESOURCE'],
+      },
+      seccompProfile: { type: 'RuntimeDefault' },
+    },
+    terminationMessagePolicy: 'FallbackToLogsOnError',
+  };
+}
+
+/** The pod for one weaver. */
+export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
+  const env: V1EnvVar[] = Object.keys(spec.env)
+    .sort()
+    .map((name) => ({ name, value: spec.env[name] }));
+  const resources = {
+    requests: { cpu: spec.resources.cpu, memory: spec.resources.memory },
+    limits: { cpu: spec.resources.cpu, memory: spec.resources.memory },
+  };
+  const workspaceMount = { name: WORKSPACE_VOLUME, mountPath: WORKSPACE_DIR };
+
+  const main: V1Container = {
+    name: MAIN_CONTAINER,
+    image: spec.image,
+    ...(spec.command && spec.command.length > 0 ? { command: [...spec.command] } : {}),
+    tty: true,
+    stdin: true,
+    stdinOnce: false,
+    workingDir: workingDir(spec),
+    ...(env.length > 0 ? { env } : {}),
+    resources,
+    securityContext: restrictedSecurityContext(),
+    volumeMounts: [workspaceMount],
+    terminationMessagePolicy: 'FallbackToLogsOnError',
+  };
+
+  const initContainers: V1Container[] = [];
+  if (opts.audit.enabled) initContainers.push(auditSidecar(spec, opts.audit));
+  if (spec.repo) {
+    initContainers.push({
+      name: CLONE_CONTAINER,
+      image: opts.gitImage || spec.image,
+      command: cloneCommand(spec.repo, spec.branch),
+      env: [
+        // Fail instead of waiting for credentials nobody will type.
+        { name: 'GIT_TERMINAL_PROMPT', value: '0' },
+        { name: 'HOME', value: '/tmp' },
+      ],
+      // Same as the main container: an init container's requests don't add to the pod's,
+      // and a ResourceQuota on limits needs every container to have them.
+      resources,
+      securityContext: restrictedSecurityContext(),
+      volumeMounts: [workspaceMount],
+      // git's own error ("fatal: …") becomes the termination message the status shows.
+      terminationMessagePolicy: 'FallbackToLogsOnError',
+    });
+  }
+
+  const labels: Record<string, string> = {
+    [MANAGED_BY_LABEL]: MANAGED_BY_VALUE,
+    [WEAVER_ID_LABEL]: toLabelValue(spec.id),
+    [ORG_ID_LABEL]: toLabelValue(spec.orgId),
+    [OWNER_LABEL]: toLabelValue(spec.ownerUserId),
+  };
+  const annotations: Record<string, string> = {
+    [WEAVER_ID_ANNOTATION]: spec.id,
+    [LIFETIME_ANNOTATION]: String(spec.lifetimeHours),
+    [EXPIRES_AT_ANNOTATION]: spec.expiresAt.toISOString(),
+    [TAGS_ANNOTATION]: JSON.stringify(spec.tags),
+  };
+
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name: podName(spec.id),
+      namespace: opts.namespace,
+      labels,
+      annotations,
+    },
+    spec: {
+      restartPolicy: 'Never',
+      activeDeadlineSeconds: deadlineSeconds(spec.lifetimeHours),
+      automountServiceAccountToken: false,
+      enableServiceLinks: false,
+      terminationGracePeriodSeconds: 10,
+      securityContext: {
+        fsGroup: WEAVER_GID,
+        seccompProfile: { type: 'RuntimeDefault' },
+      },
+      ...(opts.imagePullSecrets.length > 0 ? { imagePullSecrets: opts.imagePullSecrets.map((name) => ({ name })) } : {}),
+      ...(initContainers.length > 0 ? { initContainers } : {}),
+      containers: [main],
+      volumes: [{ name: WORKSPACE_VOLUME, emptyDir: {} }],
+    },
+  };
+}

@@ -1,0 +1,372 @@
+/**
+ * The Kubernetes (k3s) backend: one pod per weaver in one namespace, status from a pod
+ * informer (list + watch, never polling), attach and logs through the pod subresources.
+ */
+import { CoreV1Api, KubeConfig, ListWatch, Watch, type V1Pod } from '@kubernetes/client-node';
+import { LoomError, errorMessage } from '../../common/errors.js';
+import type { Logger } from '../../common/log.js';
+import type { WeaverConfig } from '../../server/config/load.js';
+import type {
+  BackendHealth,
+  BackendWeaver,
+  LogOptions,
+  Provisioner,
+  ReconcileReport,
+  StatusListener,
+  TerminalStream,
+  WeaverSpec,
+} from '../../weaver/provisioner.js';
+import { attachPod } from './attach.js';
+import { apiServerUrl, describeApiError, isNotFound, loadKubeConfig, withTimeout } from './client.js';
+import { MAIN_CONTAINER, MANAGED_SELECTOR, podName } from './labels.js';
+import { streamPodLog } from './logs.js';
+import { buildPod, type PodSpecOptions } from './pod-spec.js';
+import { podToWeaver, weaverIdOf } from './status.js';
+
+export type KubernetesWeaverConfig = Pick<WeaverConfig, 'k8sNamespace' | 'kubeconfig' | 'imagePullSecrets' | 'audit'>;
+
+export interface KubernetesProvisionerOptions {
+  /** The weaver section of the server config (namespace, kubeconfig path, pull secrets, audit). */
+  config: KubernetesWeaverConfig;
+  log: Logger;
+  /** A ready KubeConfig; when absent one is loaded from config.kubeconfig / in-cluster / default. */
+  kubeConfig?: KubeConfig;
+  /** Environment used to detect in-cluster config (defaults to process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** Image of the git clone init container; the weaver image itself when unset. */
+  gitImage?: string;
+  /** Grace period given to a deleted pod (default 5 s). */
+  deleteGracePeriodSeconds?: number;
+  /** Timeout of single API requests (default 15 s). */
+  requestTimeoutMs?: number;
+  /** First delay before re-establishing a broken watch (default 1 s, doubling to 30 s). */
+  watchRetryMs?: number;
+}
+
+type Informer = ListWatch<V1Pod>;
+
+const statusKey = (w: BackendWeaver): string => `${w.status}|${w.reason ?? ''}|${w.exitCode ?? ''}`;
+const TERMINAL = new Set(['succeeded', 'failed']);
+
+export class KubernetesProvisioner implements Provisioner {
+  readonly name = 'kubernetes' as const;
+  readonly namespace: string;
+  private readonly kc: KubeConfig;
+  private readonly api: CoreV1Api;
+  private readonly log: Logger;
+  private readonly podOpts: PodSpecOptions;
+  private readonly grace: number;
+  private readonly timeoutMs: number;
+  private readonly retryMs: number;
+  private readonly listeners = new Set<StatusListener>();
+  /** Last status reported per weaver id, to report changes only. */
+  private readonly last = new Map<string, BackendWeaver>();
+  /** Ids whose pods this process deleted: their disappearance is expected, not news. */
+  private readonly deletedByUs = new Set<string>();
+  private readonly streams = new Set<TerminalStream>();
+  private informer: Informer | null = null;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelay: number;
+  private watchHealthy = false;
+  private closed = false;
+
+  constructor(opts: KubernetesProvisionerOptions) {
+    this.namespace = opts.config.k8sNamespace;
+    this.log = opts.log;
+    this.kc = opts.kubeConfig ?? loadKubeConfig({ kubeconfig: opts.config.kubeconfig, ...(opts.env ? { env: opts.env } : {}) });
+    this.api = this.kc.makeApiClient(CoreV1Api);
+    this.podOpts = {
+      namespace: this.namespace,
+      imagePullSecrets: opts.config.imagePullSecrets,
+      audit: opts.config.audit,
+      ...(opts.gitImage ? { gitImage: opts.gitImage } : {}),
+    };
+    this.grace = opts.deleteGracePeriodSeconds ?? 5;
+    this.timeoutMs = opts.requestTimeoutMs ?? 15_000;
+    this.retryMs = opts.watchRetryMs ?? 1000;
+    this.retryDelay = this.retryMs;
+  }
+
+  /** The API server URL in use. */
+  get server(): string {
+    return apiServerUrl(this.kc);
+  }
+
+  /** Checks the API answers and the namespace exists, then starts the pod informer. */
+  async start(): Promise<void> {
+    await this.checkNamespace();
+    const informer = new ListWatch<V1Pod>(
+      `/api/v1/namespaces/${this.namespace}/pods`,
+      new Watch(this.kc),
+      () => this.api.listNamespacedPod({ namespace: this.namespace, labelSelector: MANAGED_SELECTOR }),
+      false,
+      MANAGED_SELECTOR,
+    );
+    let startError: unknown;
+    const onStartError = (err?: unknown) => {
+      startError = err ?? new Error('watch failed');
+    };
+    informer.on('error', onStartError);
+    informer.on('add', (pod) => this.onPod(pod));
+    informer.on('update', (pod) => this.onPod(pod));
+    informer.on('delete', (pod) => this.onPodGone(pod));
+    this.informer = informer;
+    await withTimeout(informer.start(), this.timeoutMs, 'listing pods');
+    informer.off('error', onStartError);
+    if (startError !== undefined) {
+      await informer.stop();
+      this.informer = null;
+      throw this.unreachable(startError, `watching pods in namespace "${this.namespace}"`);
+    }
+    informer.on('error', (err?: unknown) => this.onWatchError(err));
+    this.watchHealthy = true;
+    this.log.info({ backend: 'kubernetes', server: this.server, namespace: this.namespace, pods: informer.list(this.namespace).length }, 'kubernetes backend started');
+  }
+
+  private unreachable(e: unknown, doing: string): LoomError {
+    const f = describeApiError(e);
+    if (f.httpStatus === 401 || f.httpStatus === 403) {
+      return new LoomError(503, 'kubernetes_unauthorized', `kubernetes API ${this.server} refused the credentials (${f.httpStatus}) while ${doing}: ${f.message}; check KUBECONFIG and the service account's RBAC`);
+    }
+    if (f.httpStatus !== undefined) {
+      return new LoomError(503, 'kubernetes_error', `kubernetes API ${this.server} answered ${f.httpStatus} while ${doing}: ${f.message}`);
+    }
+    return new LoomError(503, 'kubernetes_unreachable', `kubernetes API ${this.server} unreachable: ${f.errno ?? f.message}`);
+  }
+
+  private async checkNamespace(): Promise<void> {
+    try {
+      await withTimeout(this.api.readNamespace({ name: this.namespace }), this.timeoutMs, 'reading the namespace');
+    } catch (e) {
+      if (isNotFound(e)) {
+        throw new LoomError(
+          503,
+          'kubernetes_namespace_missing',
+          `kubernetes namespace "${this.namespace}" not found at ${this.server}: create it with kubectl create namespace ${this.namespace}`,
+        );
+      }
+      throw this.unreachable(e, `reading namespace "${this.namespace}"`);
+    }
+  }
+
+  private onWatchError(err: unknown): void {
+    this.watchHealthy = false;
+    if (this.closed || !this.informer) return;
+    const delay = this.retryDelay;
+    this.retryDelay = Math.min(this.retryDelay * 2, 30_000);
+    this.log.warn({ backend: 'kubernetes', err: errorMessage(err), retryInMs: delay }, 'pod watch broke; restarting');
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      const inf = this.informer;
+      if (this.closed || !inf) return;
+      inf.start().then(
+        () => {
+          this.watchHealthy = true;
+          this.retryDelay = this.retryMs;
+        },
+        (e: unknown) => this.onWatchError(e),
+      );
+    }, delay);
+    this.retryTimer.unref();
+  }
+
+  private emit(w: BackendWeaver): void {
+    for (const l of this.listeners) {
+      try {
+        l(w);
+      } catch (e) {
+        this.log.error({ backend: 'kubernetes', err: errorMessage(e) }, 'status listener threw');
+      }
+    }
+  }
+
+  private onPod(pod: V1Pod): void {
+    const w = podToWeaver(pod);
+    if (!w) return;
+    const prev = this.last.get(w.id);
+    if (prev && statusKey(prev) === statusKey(w)) return;
+    // startedAt is reported with the first `running` and kept afterwards.
+    const out: BackendWeaver = { ...w, ...(w.startedAt ?? prev?.startedAt ? { startedAt: w.startedAt ?? prev?.startedAt } : {}) };
+    this.last.set(w.id, out);
+    this.emit(out);
+  }
+
+  private onPodGone(pod: V1Pod): void {
+    const id = weaverIdOf(pod);
+    if (!id) return;
+    const prev = this.last.get(id) ?? podToWeaver(pod);
+    this.last.delete(id);
+    if (this.deletedByUs.delete(id)) return;
+    if (prev && TERMINAL.has(prev.status)) return;
+    // Removed by someone else (kubectl delete, node loss, eviction cleanup).
+    this.emit({ id, status: 'failed', reason: `pod ${pod.metadata?.name ?? podName(id)} was deleted outside Loom` });
+  }
+
+  async create(spec: WeaverSpec): Promise<void> {
+    const pod = buildPod(spec, this.podOpts);
+    const name = pod.metadata?.name ?? podName(spec.id);
+    this.deletedByUs.delete(spec.id);
+    try {
+      await withTimeout(this.api.createNamespacedPod({ namespace: this.namespace, body: pod }), this.timeoutMs, `creating pod ${name}`);
+    } catch (e) {
+      const f = describeApiError(e);
+      if (f.httpStatus === 409) {
+        throw new LoomError(409, 'weaver_exists', `pod ${name} already exists in namespace "${this.namespace}"`);
+      }
+      // The API server may have stored the pod before the failure (a timeout, a reset
+      // connection): remove whatever half exists so nothing runs without a record.
+      await this.deletePod(name, spec.id).catch((de: unknown) => {
+        this.log.warn({ backend: 'kubernetes', pod: name, err: errorMessage(de) }, 'cleanup of a failed create failed');
+      });
+      if (f.httpStatus === 403 && /exceeded quota/i.test(f.message)) {
+        throw new LoomError(429, 'quota_exceeded', `kubernetes namespace "${this.namespace}": ${f.message}`);
+      }
+      if (f.httpStatus === 422 || f.httpStatus === 400) {
+        throw new LoomError(400, 'invalid_weaver', `kubernetes rejected pod ${name}: ${f.message}`);
+      }
+      if (f.httpStatus === undefined) throw this.unreachable(e, `creating pod ${name}`);
+      throw new LoomError(502, 'kubernetes_error', `creating pod ${name} failed (${f.httpStatus}): ${f.message}`);
+    }
+    this.log.info({ backend: 'kubernetes', weaverId: spec.id, pod: name, image: spec.image }, 'weaver pod created');
+  }
+
+  private cached(id: string): V1Pod | undefined {
+    return this.informer?.get(podName(id), this.namespace);
+  }
+
+  async get(id: string): Promise<BackendWeaver | null> {
+    const hit = this.cached(id);
+    if (hit) return podToWeaver(hit);
+    // Not in the cache (yet): the informer may lag a create by a few ms, so ask.
+    try {
+      const pod = await withTimeout(this.api.readNamespacedPod({ name: podName(id), namespace: this.namespace }), this.timeoutMs, 'reading a pod');
+      return podToWeaver(pod);
+    } catch (e) {
+      if (isNotFound(e)) return null;
+      throw this.apiError(e, `reading pod ${podName(id)}`);
+    }
+  }
+
+  async list(): Promise<BackendWeaver[]> {
+    const pods = this.informer ? this.informer.list(this.namespace) : await this.listPods();
+    return pods.map(podToWeaver).filter((w): w is BackendWeaver => w !== null);
+  }
+
+  private async listPods(): Promise<V1Pod[]> {
+    try {
+      const list = await withTimeout(this.api.listNamespacedPod({ namespace: this.namespace, labelSelector: MANAGED_SELECTOR }), this.timeoutMs, 'listing pods');
+      return list.items;
+    } catch (e) {
+      throw this.apiError(e, 'listing pods');
+    }
+  }
+
+  private apiError(e: unknown, doing: string): LoomError {
+    const f = describeApiError(e);
+    if (f.httpStatus === undefined) return this.unreachable(e, doing);
+    return new LoomError(502, 'kubernetes_error', `${doing} failed (${f.httpStatus}): ${f.message}`);
+  }
+
+  private async deletePod(name: string, id: string): Promise<void> {
+    this.deletedByUs.add(id);
+    try {
+      await withTimeout(
+        this.api.deleteNamespacedPod({ name, namespace: this.namespace, gracePeriodSeconds: this.grace, propagationPolicy: 'Background' }),
+        this.timeoutMs,
+        `deleting pod ${name}`,
+      );
+    } catch (e) {
+      if (isNotFound(e)) return;
+      this.deletedByUs.delete(id);
+      throw this.apiError(e, `deleting pod ${name}`);
+    }
+  }
+
+  /** Deletes the weaver's pod; a pod that is already gone is not an error. */
+  async delete(id: string): Promise<void> {
+    await this.deletePod(podName(id), id);
+    this.log.info({ backend: 'kubernetes', weaverId: id, pod: podName(id) }, 'weaver pod deleted');
+  }
+
+  async attach(id: string, size?: { cols: number; rows: number }): Promise<TerminalStream> {
+    const w = await this.get(id);
+    if (!w) throw new LoomError(404, 'not_found', `weaver ${id} has no pod`);
+    if (w.status !== 'running') {
+      throw new LoomError(409, 'weaver_not_running', `weaver ${id} is ${w.status}${w.reason ? ` (${w.reason})` : ''}; attach needs it running`);
+    }
+    const stream = await attachPod({ kc: this.kc, namespace: this.namespace, pod: podName(id), container: MAIN_CONTAINER, ...(size ? { size } : {}) });
+    this.streams.add(stream);
+    stream.onClose(() => this.streams.delete(stream));
+    return stream;
+  }
+
+  logs(id: string, opts: LogOptions): AsyncIterable<Buffer> {
+    return streamPodLog({
+      kc: this.kc,
+      namespace: this.namespace,
+      pod: podName(id),
+      container: MAIN_CONTAINER,
+      follow: opts.follow,
+      ...(opts.tail !== undefined ? { tail: opts.tail } : {}),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+  }
+
+  watch(listener: StatusListener): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  /** Pods without a record are deleted; records without a pod are missing; the rest adopted. */
+  async reconcile(knownIds: string[]): Promise<ReconcileReport> {
+    const known = new Set(knownIds);
+    const pods = await this.listPods();
+    const report: ReconcileReport = { adopted: [], orphansRemoved: [], missing: [] };
+    const seen = new Set<string>();
+    for (const pod of pods) {
+      const id = weaverIdOf(pod);
+      if (!id) continue;
+      seen.add(id);
+      if (known.has(id)) {
+        report.adopted.push(id);
+        continue;
+      }
+      await this.deletePod(pod.metadata?.name ?? podName(id), id);
+      report.orphansRemoved.push(id);
+      this.log.warn({ backend: 'kubernetes', weaverId: id, pod: pod.metadata?.name }, 'deleted weaver pod with no record');
+    }
+    for (const id of knownIds) if (!seen.has(id)) report.missing.push(id);
+    return report;
+  }
+
+  async health(): Promise<BackendHealth> {
+    try {
+      await withTimeout(this.api.readNamespace({ name: this.namespace }), Math.min(this.timeoutMs, 5000), 'reading the namespace');
+    } catch (e) {
+      const detail = isNotFound(e) ? `namespace "${this.namespace}" not found at ${this.server}` : this.unreachable(e, 'checking health').message;
+      return { ok: false, backend: 'kubernetes', detail };
+    }
+    const watching = this.informer !== null && this.watchHealthy;
+    return {
+      ok: watching,
+      backend: 'kubernetes',
+      detail: `namespace "${this.namespace}" at ${this.server}; pod watch ${watching ? 'connected' : this.informer ? 'reconnecting' : 'not started'}`,
+    };
+  }
+
+  /** Stops the informer and detaches open attach streams; pods keep running. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    const inf = this.informer;
+    this.informer = null;
+    if (inf) await inf.stop();
+    for (const s of this.streams) s.close();
+    this.streams.clear();
+    this.listeners.clear();
+  }
+}

@@ -1,0 +1,22 @@
+import type { Config } from './config/load.js';
+import type { Db } from './store/db.js';
+import type { Logger } from '../common/log.js';
+import type { Metrics } from './metrics.js';
+import type { UserService } from './auth/users.js';
+import type { TokenService } from './auth/tokens.js';
+import type { DeviceFlow } from './auth/device.js';
+import type { OrgService } from './orgs/orgs.js';
+
+/** What every route plugin may use. Built once at start (see server.ts). */
+export interface AppContext {
+  config: Config;
+  db: Db;
+  log: Logger;
+  metrics: Metrics;
+  users: UserService;
+  tokens: TokenService;
+  device: DeviceFlow;
+  orgs: OrgService;
+  /** Components report their state into /health (database, weaver backend, …). */
+  healthChecks: Map<string, () => Promise<{ ok: boolean; detail: string }>>;
+}

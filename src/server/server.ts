@@ -1,0 +1,100 @@
+import type { FastifyInstance } from 'fastify';
+import { loadConfig, type Config } from './config/load.js';
+import { createLogger, type Logger } from '../common/log.js';
+import { migrate, openDatabase } from './store/db.js';
+import { coreMigrations } from './store/core-migrations.js';
+import { Metrics } from './metrics.js';
+import { OrgService } from './orgs/orgs.js';
+import { UserService } from './auth/users.js';
+import { TokenService } from './auth/tokens.js';
+import { DeviceFlow } from './auth/device.js';
+import type { AppContext } from './context.js';
+import type { ServerComponent } from './component.js';
+import { buildApp } from './app.js';
+import { LoomError, errorMessage } from '../common/errors.js';
+
+export interface CoreHandle {
+  ctx: AppContext;
+  close(): void;
+}
+
+/** Opens the store and builds the services every command needs (server and admin CLI alike). */
+export function openCore(config: Config, log: Logger, components: ServerComponent[] = []): CoreHandle {
+  const db = openDatabase(config.dataDir);
+  const applied = migrate(db, [coreMigrations, ...components.flatMap((c) => (c.migrations ? [c.migrations] : []))]);
+  for (const m of applied) log.info({ component: m.component, version: m.version }, `migration applied: ${m.name}`);
+  const orgs = new OrgService(db);
+  const tokens = new TokenService(db, config.sessionIdleDays * 86400);
+  const ctx: AppContext = {
+    config,
+    db,
+    log,
+    metrics: new Metrics(),
+    orgs,
+    tokens,
+    users: new UserService(db, orgs),
+    device: new DeviceFlow(db, tokens),
+    healthChecks: new Map(),
+  };
+  return { ctx, close: () => db.close() };
+}
+
+export interface RunningServer {
+  app: FastifyInstance;
+  ctx: AppContext;
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** Loads the components the configuration asks for. */
+export async function loadComponents(_config: Config, _log: Logger): Promise<ServerComponent[]> {
+  return [];
+}
+
+export async function startServer(config: Config = loadConfig(), log: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
+  const components = await loadComponents(config, log);
+  const core = openCore(config, log, components);
+  const { ctx } = core;
+  if (ctx.users.count() === 0) {
+    log.warn(
+      { dataDir: config.dataDir },
+      `no users yet: create the first admin with \`LOOM_DATA_DIR=${config.dataDir} loom-server admin token --user admin --admin\` (prints an API token for \`loom login --token\`) and \`loom-server admin passwd --user admin\` (sets a password for the /device page)`,
+    );
+  }
+  const started: ServerComponent[] = [];
+  try {
+    for (const c of components) {
+      if (c.start) await c.start(ctx);
+      started.push(c);
+    }
+  } catch (e) {
+    for (const c of started.reverse()) await c.stop?.().catch(() => undefined);
+    core.close();
+    throw e;
+  }
+  const app = await buildApp(ctx, components);
+  try {
+    await app.listen({ host: config.httpHost, port: config.httpPort });
+  } catch (e) {
+    for (const c of components) await c.stop?.().catch(() => undefined);
+    await app.close().catch(() => undefined);
+    core.close();
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'EADDRINUSE' ? 'address already in use' : code === 'EACCES' ? 'permission denied' : errorMessage(e);
+    throw new LoomError(500, 'listen_failed', `cannot listen on ${config.httpHost}:${config.httpPort}: ${why} (set LOOM_HTTP_ADDR)`);
+  }
+  const addr = app.server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : config.httpPort;
+  const url = `http://${config.httpHost.includes(':') ? `[${config.httpHost}]` : config.httpHost}:${port}`;
+  log.info({ url, dataDir: config.dataDir, backend: config.weaver.enabled ? config.weaver.backend : 'disabled' }, 'loom-server listening');
+  let stopping: Promise<void> | null = null;
+  const stop = () =>
+    (stopping ??= (async () => {
+      log.info('shutting down');
+      await app.close();
+      for (const c of components.slice().reverse()) await c.stop?.().catch((e) => log.error({ err: e }, `stopping ${c.name}`));
+      core.close();
+      log.info('stopped');
+    })());
+  return { app, ctx, url, stop };
+}
