@@ -1,0 +1,157 @@
+# services.loom-server: the Loom server as a hardened systemd unit.
+#
+# The options under services.loom-server that set the server's environment are generated from
+# src/server/config/variables.json (./lib/options.nix), the same table the TypeScript loader reads,
+# and the environment is computed from them by ./lib/env.nix; the unit's sandbox is ./lib/unit.nix.
+# Those three files are pure and tested with nix-instantiate (tests/nix).
+{ config, lib, pkgs, ... }:
+let
+  cfg = config.services.loom-server;
+  env = import ./lib/env.nix { };
+  tableOptions = import ./lib/options.nix { inherit lib env; };
+
+  # Read, never written: the two modules work alone or together.
+  k3s = config.services.loom-k3s or { enable = false; };
+  withK3s = k3s.enable && k3s.role == "server";
+
+  stateDir = "/var/lib/loom-server";
+  local = cfg.weaver.backend == "local";
+
+  # Only the static busybox binary (the local backend's default image is built from it), not its
+  # applets, which would shadow util-linux's mount and coreutils on PATH.
+  busyboxStatic = pkgs.runCommand "busybox-static-bin" { } ''
+    mkdir -p $out/bin
+    ln -s ${pkgs.pkgsStatic.busybox}/bin/busybox $out/bin/busybox
+  '';
+
+  environment = env.toEnv cfg // cfg.environment;
+
+  unit = import ./lib/unit.nix {
+    inherit (cfg) listenAddress dataDir user group;
+    inherit stateDir;
+    backend = cfg.weaver.backend;
+    execStart = "${cfg.package}/bin/loom-server";
+    supplementaryGroups = lib.optional withK3s k3s.kubeconfigGroup;
+    environmentFile = cfg.environmentFile;
+  };
+
+  # `loom-server-admin token --user NAME [--admin]`: the admin command with the unit's
+  # environment, as the unit's user, in the unit's working directory.
+  adminWrapper = pkgs.writeShellScriptBin "loom-server-admin" ''
+    set -euo pipefail
+    cd ${lib.escapeShellArg stateDir}
+    exec ${pkgs.util-linux}/bin/setpriv \
+      --reuid=${if unit.runsAsRoot then "0" else lib.escapeShellArg cfg.user} \
+      --regid=${if unit.runsAsRoot then "0" else lib.escapeShellArg cfg.group} \
+      --init-groups \
+      ${pkgs.coreutils}/bin/env ${lib.escapeShellArgs (lib.mapAttrsToList (n: v: "${n}=${v}") environment)} \
+      ${cfg.package}/bin/loom-server admin "$@"
+  '';
+
+  handWritten = {
+    enable = lib.mkEnableOption "the Loom server (loom-server)";
+
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = pkgs.callPackage ../nix/loom.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage ./nix/loom.nix { } (the flake's packages.<system>.loom)";
+      description = "The loom package (provides bin/loom-server).";
+    };
+
+    environment = lib.mkOption {
+      type = lib.types.attrsOf lib.types.str;
+      default = { };
+      example = { LOOM_LOG_LEVEL = "debug"; };
+      description = ''
+        Extra environment variables for loom-server; they override the variables set from the
+        options above. Values end up in the Nix store: put secrets in environmentFile.
+      '';
+    };
+
+    environmentFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "/run/secrets/loom-server.env";
+      description = "A file of KEY=value lines read by systemd at start (EnvironmentFile=), kept out of the Nix store.";
+    };
+
+    openFirewall = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = "Open the TCP port of listenAddress in the firewall.";
+    };
+
+    user = lib.mkOption {
+      type = lib.types.str;
+      default = "loom-server";
+      description = "The dedicated user the unit runs as with backend = \"kubernetes\" (the local backend runs as root).";
+    };
+
+    group = lib.mkOption {
+      type = lib.types.str;
+      default = "loom-server";
+      description = "The dedicated group of the unit.";
+    };
+
+    runtimePackages = lib.mkOption {
+      type = lib.types.listOf lib.types.package;
+      default =
+        if local then
+          with pkgs; [ runc crun conmon skopeo umoci git btrfs-progs xfsprogs util-linux slirp4netns busyboxStatic ]
+        else
+          [ pkgs.git ];
+      defaultText = lib.literalExpression ''
+        if weaver.backend == "local"
+        then [ runc crun conmon skopeo umoci git btrfs-progs xfsprogs util-linux slirp4netns busybox(static binary) ]
+        else [ git ]'';
+      description = "Packages on the unit's PATH (the local backend runs these tools).";
+    };
+  };
+
+  # The two option sets must not overlap; the table's paths and the generated options must agree.
+  overlap = builtins.attrNames (builtins.intersectAttrs handWritten tableOptions);
+  generatedPaths = lib.collect (o: lib.isType "option" o) tableOptions;
+in
+{
+  options.services.loom-server =
+    if overlap != [ ] then throw "loom-server.nix: hand-written options ${toString overlap} clash with variables.json"
+    else tableOptions // handWritten;
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      { assertion = builtins.length generatedPaths == builtins.length env.variables;
+        message = "loom-server.nix: the generated options and variables.json disagree"; }
+      { assertion = cfg.weaver.defaultTtlHours <= cfg.weaver.maxTtlHours;
+        message = "services.loom-server.weaver.defaultTtlHours must not exceed maxTtlHours"; }
+      { assertion = !cfg.weaver.audit.enable || cfg.weaver.audit.image != null;
+        message = "services.loom-server.weaver.audit.image must be set when weaver.audit.enable is true"; }
+      { assertion = cfg.weaver.backend != "kubernetes" || withK3s || cfg.weaver.kubeconfigPath != null;
+        message = "services.loom-server: backend = \"kubernetes\" needs weaver.kubeconfigPath (or services.loom-k3s on this host)"; }
+    ];
+
+    users.users.${cfg.user} = {
+      isSystemUser = true;
+      group = cfg.group;
+      home = stateDir;
+      description = "Loom server";
+    };
+    users.groups.${cfg.group} = { };
+
+    systemd.services.loom-server = {
+      description = "Loom server";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" ] ++ lib.optional withK3s "loom-k3s-setup.service";
+      wants = [ "network-online.target" ] ++ lib.optional withK3s "loom-k3s-setup.service";
+      path = cfg.runtimePackages;
+      inherit environment;
+      serviceConfig = unit.serviceConfig;
+    };
+
+    environment.systemPackages = [ cfg.package adminWrapper ];
+
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ unit.port ];
+
+    # With loom-k3s on the same host, KUBECONFIG defaults to the kubeconfig it writes.
+    services.loom-server.weaver.kubeconfigPath = lib.mkIf withK3s (lib.mkDefault k3s.kubeconfigPath);
+  };
+}
