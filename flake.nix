@@ -1,0 +1,114 @@
+{
+  description = "Loom: disposable development environments (weavers) with instant state branching";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
+
+  outputs = { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      forAllSystems = f: lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});
+
+      # The modules default their package to this flake's build for the host's system.
+      withPackage = module: { pkgs, ... }: {
+        imports = [ module ];
+        services.loom-server.package =
+          lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.loom;
+      };
+    in
+    {
+      packages = forAllSystems (system: pkgs:
+        let
+          loom = pkgs.callPackage ./nix/loom.nix { };
+          images = pkgs.callPackage ./nix/images.nix { inherit loom; };
+        in
+        {
+          inherit loom;
+          weaver-image = images.weaver;
+          audit-sidecar-image = images.audit-sidecar;
+          default = loom;
+        });
+
+      apps = forAllSystems (system: pkgs:
+        let loom = self.packages.${system}.loom; in
+        {
+          loom = { type = "app"; program = "${loom}/bin/loom"; };
+          loom-server = { type = "app"; program = "${loom}/bin/loom-server"; };
+          default = self.apps.${system}.loom;
+        });
+
+      nixosModules = {
+        loom-k3s = ./nixos-modules/loom-k3s.nix;
+        loom-server = withPackage ./nixos-modules/loom-server.nix;
+        default = {
+          imports = [ self.nixosModules.loom-k3s self.nixosModules.loom-server ];
+        };
+      };
+
+      checks = forAllSystems (system: pkgs:
+        let
+          envLib = import ./nixos-modules/lib/env.nix { };
+          # A whole NixOS system with both modules on, evaluated (not booted).
+          evalHost = extra: (lib.nixosSystem {
+            inherit system;
+            modules = [
+              self.nixosModules.default
+              {
+                boot.loader.grub.enable = false;
+                fileSystems."/" = { device = "none"; fsType = "tmpfs"; };
+                system.stateVersion = "24.11";
+                services.loom-k3s.enable = true;
+                services.loom-server.enable = true;
+              }
+              extra
+            ];
+          }).config;
+          k8sHost = evalHost { services.loom-server.weaver.backend = "kubernetes"; };
+          localHost = evalHost { };
+        in
+        {
+          inherit (self.packages.${system}) loom weaver-image audit-sidecar-image;
+
+          # The unit's environment equals the pure mapping of the module's settings, and every
+          # table entry is an option of the module.
+          module-eval = pkgs.runCommand "loom-module-eval" {
+            k8sEnv = builtins.toJSON k8sHost.systemd.services.loom-server.environment;
+            expected = builtins.toJSON (envLib.toEnv k8sHost.services.loom-server);
+            k8sUser = k8sHost.systemd.services.loom-server.serviceConfig.User;
+            localUser = localHost.systemd.services.loom-server.serviceConfig.User;
+            kubeconfig = k8sHost.systemd.services.loom-server.environment.KUBECONFIG;
+            optionsPresent = builtins.toJSON (map (p: lib.hasAttrByPath (lib.splitString "." p) k8sHost.services.loom-server) envLib.optionPaths);
+            setupType = k8sHost.systemd.services.loom-k3s-setup.serviceConfig.Type;
+          } ''
+            ${pkgs.jq}/bin/jq -e --argjson a "$k8sEnv" --argjson b "$expected" -n '$a | with_entries(select(.key | startswith("LOOM_") or . == "KUBECONFIG")) == $b'
+            test "$k8sUser" = loom-server
+            test "$localUser" = root
+            test "$kubeconfig" = /etc/rancher/k3s/k3s.yaml
+            ${pkgs.jq}/bin/jq -e -n --argjson o "$optionsPresent" '$o | all'
+            test "$setupType" = oneshot
+            touch $out
+          '';
+
+          # Boots a VM with loom-server (kubernetes backend, no cluster needed to serve /health).
+          vm-loom-server = pkgs.testers.runNixOSTest {
+            name = "loom-server";
+            nodes.machine = {
+              imports = [ self.nixosModules.loom-server ];
+              services.loom-server = {
+                enable = true;
+                weaver.backend = "kubernetes";
+                weaver.kubeconfigPath = "/etc/loom/kubeconfig";
+              };
+            };
+            testScript = ''
+              machine.wait_for_unit("loom-server.service")
+              machine.wait_for_open_port(18090)
+              machine.succeed("curl -sf http://127.0.0.1:18090/health")
+              machine.succeed("systemctl show -p User loom-server | grep -q loom-server")
+            '';
+          };
+        });
+
+      formatter = forAllSystems (system: pkgs: pkgs.nixpkgs-fmt);
+    };
+}

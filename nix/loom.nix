@@ -1,0 +1,87 @@
+# The loom npm package: TypeScript compiled to dist/, the native addons (better-sqlite3, argon2
+# and loom's own native/ addon) compiled from source, bins `loom` and `loom-server`.
+#
+# Dependencies come from package-lock.json through importNpmLock (every entry has an integrity
+# hash), so there is no npmDepsHash to keep up to date by hand.
+{ lib
+, buildNpmPackage
+, importNpmLock
+, nodejs_20
+, python3
+, pkg-config
+, makeWrapper
+}:
+let
+  root = ../.;
+  package = lib.importJSON (root + "/package.json");
+
+  # Only what the build reads: a change to docs, tests or Nix files does not rebuild the package.
+  src = lib.cleanSourceWith {
+    name = "loom-source";
+    src = root;
+    filter = path: type:
+      let rel = lib.removePrefix (toString root + "/") (toString path); in
+      builtins.elem rel [ "package.json" "package-lock.json" ".npmrc" "tsconfig.json" "src" "native" ]
+      || (lib.hasPrefix "src/" rel)
+      || (lib.hasPrefix "native/" rel && !(lib.hasPrefix "native/build" rel));
+  };
+in
+buildNpmPackage {
+  pname = "loom";
+  inherit (package) version;
+  inherit src;
+  nodejs = nodejs_20;
+
+  npmDeps = importNpmLock {
+    npmRoot = root;
+    inherit package;
+    packageLock = lib.importJSON (root + "/package-lock.json");
+  };
+  npmConfigHook = importNpmLock.npmConfigHook;
+
+  # node-gyp: python3, make and a C++ compiler (stdenv); headers from nodejs, never downloaded.
+  nativeBuildInputs = [ python3 pkg-config makeWrapper ];
+  env = {
+    npm_config_build_from_source = "true";
+    npm_config_nodedir = "${nodejs_20}";
+  };
+
+  # The config hook installs node_modules with scripts disabled; compile the dependencies' addons
+  # from source, then loom's own addon (the package's `install` script), then `npm run build`.
+  preBuild = ''
+    npm rebuild better-sqlite3 argon2 --build-from-source
+    node node_modules/node-gyp/bin/node-gyp.js rebuild --directory native --nodedir=${nodejs_20}
+  '';
+  npmBuildScript = "build";
+
+  # package.json has no `files` list and .gitignore names dist/ and native/build/, so `npm pack`
+  # (what the default install hook uses) would leave out exactly what we built: install by hand.
+  dontNpmInstall = true;
+  installPhase = ''
+    runHook preInstall
+    npm prune --omit=dev --offline --no-audit --no-fund
+    dest=$out/lib/node_modules/loom
+    mkdir -p $dest/native/build $out/bin
+    cp -r package.json dist node_modules $dest/
+    cp -r native/build/Release $dest/native/build/
+    makeWrapper ${nodejs_20}/bin/node $out/bin/loom --add-flags $dest/dist/cli/main.js
+    makeWrapper ${nodejs_20}/bin/node $out/bin/loom-server --add-flags $dest/dist/server/main.js
+    runHook postInstall
+  '';
+
+  doInstallCheck = true;
+  installCheckPhase = ''
+    runHook preInstallCheck
+    $out/bin/loom --help >/dev/null
+    # The compiled addons load with the packaged node.
+    ( cd $out/lib/node_modules/loom && ${nodejs_20}/bin/node -e 'require("better-sqlite3"); require("argon2")' )
+    runHook postInstallCheck
+  '';
+
+  meta = {
+    description = package.description;
+    license = lib.licenses.asl20;
+    mainProgram = "loom";
+    platforms = lib.platforms.linux;
+  };
+}
