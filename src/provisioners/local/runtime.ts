@@ -103,6 +103,8 @@ async function probeRuntime(path: string, dir: string): Promise<void> {
   const bundle = join(dir, 'bundle');
   await fsp.mkdir(join(bundle, 'rootfs'), { recursive: true });
   await fsp.mkdir(root, { recursive: true });
+  // runc looks the executable up before it waits for `start`; it is never run.
+  await fsp.writeFile(join(bundle, 'rootfs', 'probe'), '', { mode: 0o755 });
   const id = `loom-probe-${process.pid}-${Date.now()}`;
   const spec = buildOciSpec({
     rootfs: join(bundle, 'rootfs'), args: ['/probe'], env: {}, cwd: '/', uid: 0, gid: 0, terminal: false,

@@ -4,6 +4,7 @@
  * cgroup cpu/memory/pids limits; masked and read-only /proc paths; no new privileges;
  * a small capability set; rlimits.
  */
+import { readFileSync } from 'node:fs';
 import { LoomError } from '../../common/errors.js';
 
 export interface OciMount {
@@ -66,6 +67,17 @@ export function parseMemoryQuantity(q: string): number {
 }
 
 export const CPU_PERIOD_US = 100_000;
+
+/** 65536 open files, or the host's hard limit when lower (raising it needs CAP_SYS_RESOURCE in the init ns). */
+const NOFILE = (() => {
+  try {
+    const m = /^Max open files\s+\S+\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    const hard = m && m[1] !== 'unlimited' ? Number(m[1]) : Infinity;
+    return Math.min(65536, Number.isFinite(hard) && hard > 0 ? hard : 65536);
+  } catch {
+    return 1024;
+  }
+})();
 
 /** Docker's default set minus a few; enough for a dev shell, nothing that reaches the host. */
 export const DEFAULT_CAPABILITIES = [
@@ -130,7 +142,7 @@ export function buildOciSpec(i: ContainerSpecInput): OciSpec {
         ambient: [],
       },
       rlimits: [
-        { type: 'RLIMIT_NOFILE', hard: 65536, soft: 65536 },
+        { type: 'RLIMIT_NOFILE', hard: NOFILE, soft: NOFILE },
         { type: 'RLIMIT_CORE', hard: 0, soft: 0 },
       ],
       noNewPrivileges: true,

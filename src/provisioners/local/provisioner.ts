@@ -1,0 +1,622 @@
+/**
+ * LocalProvisioner: weavers as OCI containers run by runc/crun under conmon on this machine.
+ *
+ * <dataDir>/local/
+ *   runc/              the runtime's --root (state of our containers only)
+ *   images/            ImageStore
+ *   exits/<id>         conmon exit files (one fs.watch for all weavers, plus a slow poll)
+ *   weavers/<id>/      bundle: meta.json, config.json, rootfs/ (overlay mount), layer/ (upper+work),
+ *                      workspace/ (bind-mounted at /workspace), ctr.log, attach, ctl, winsz, pid files
+ *   bin/               the attach relay
+ */
+import { promises as fsp, watch as fsWatch, type FSWatcher } from 'node:fs';
+import { join } from 'node:path';
+import { LoomError, errorMessage } from '../../common/errors.js';
+import type { Logger } from '../../common/log.js';
+import type { WeaverConfig } from '../../server/config/load.js';
+import type {
+  BackendHealth, BackendWeaver, LogOptions, Provisioner, ReconcileReport, StatusListener, TerminalStream, WeaverSpec,
+} from '../../weaver/provisioner.js';
+import { ensureAttachRelay, openTerminalStream, type RelayCommand } from './attach.js';
+import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage } from './default-image.js';
+import { cloneRepo, repoName } from './git.js';
+import { ImageStore, isValidRef, type ImageRunConfig } from './images.js';
+import { startSlirp, stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './network.js';
+import { OverlayMaterializer, unmountAll, type Materializer } from './rootfs.js';
+import { ContainerRuntime, bundleFiles, detectRuntime, type RuntimeState } from './runtime.js';
+import { buildOciSpec } from './spec.js';
+import { exists, readJson, sleep, writeJsonAtomic, KeyedMutex } from './util.js';
+import { followLog, readLogTail } from './logs.js';
+
+export interface LocalProvisionerOptions {
+  /** Server data dir; everything goes under <dataDir>/local. */
+  dataDir: string;
+  log: Logger;
+  runtime?: WeaverConfig['runtime'];
+  network?: NetworkMode;
+  /** Used when a spec's resources are empty. */
+  defaultCpu?: string;
+  defaultMemory?: string;
+  materializer?: Materializer;
+  /** How long a registry pull may take before the weaver fails (default 20 s). */
+  pullTimeoutMs?: number;
+  /** Grace between SIGTERM and SIGKILL on delete (default 2 s). */
+  stopGraceMs?: number;
+  /** Build the default image in start() (default true); otherwise on first use. */
+  prepareDefaultImage?: boolean;
+}
+
+/** What we keep on disk per weaver, next to the bundle. */
+interface WeaverMeta {
+  id: string;
+  image: string;
+  createdAt: string;
+  /** creating → started; failed when provisioning failed (reason set). */
+  phase: 'creating' | 'started' | 'failed';
+  reason?: string;
+  startedAt?: string;
+  hostname: string;
+  slirp?: boolean;
+}
+
+interface Live {
+  id: string;
+  status: BackendWeaver['status'];
+  reason?: string;
+  exitCode?: number;
+  startedAt?: Date;
+  abort?: AbortController;
+  provisioning?: Promise<void>;
+}
+
+export const hostnameFor = (id: string): string => `weaver-${id.replace(/[^a-z0-9]/gi, '').slice(0, 8).toLowerCase()}`;
+
+const FINAL = new Set(['succeeded', 'failed']);
+
+export class LocalProvisioner implements Provisioner {
+  readonly name = 'local' as const;
+  readonly base: string;
+  readonly images: ImageStore;
+  readonly weaversDir: string;
+  readonly exitDir: string;
+  private readonly log: Logger;
+  private readonly opts: LocalProvisionerOptions;
+  private readonly materializer: Materializer;
+  private runtime: ContainerRuntime | null = null;
+  private relay: RelayCommand | null = null;
+  private readonly listeners = new Set<StatusListener>();
+  private readonly live = new Map<string, Live>();
+  private readonly lastEmitted = new Map<string, string>();
+  private readonly mutex = new KeyedMutex();
+  private watcher: FSWatcher | null = null;
+  private pollTimer: NodeJS.Timeout | null = null;
+  private defaultImage: Promise<unknown> | null = null;
+  private started: Promise<void> | null = null;
+  private closed = false;
+
+  constructor(opts: LocalProvisionerOptions) {
+    this.opts = opts;
+    this.log = opts.log.child({ component: 'local-provisioner' });
+    this.base = join(opts.dataDir, 'local');
+    this.weaversDir = join(this.base, 'weavers');
+    this.exitDir = join(this.base, 'exits');
+    this.images = new ImageStore({ root: join(this.base, 'images'), log: this.log, pullTimeoutMs: opts.pullTimeoutMs ?? 20_000 });
+    this.materializer = opts.materializer ?? new OverlayMaterializer();
+  }
+
+  /** The ContainerRuntime in use (after start()); the branching feature can share it. */
+  get containerRuntime(): ContainerRuntime {
+    if (!this.runtime) throw new LoomError(503, 'backend_not_started', 'local provisioner not started');
+    return this.runtime;
+  }
+
+  start(): Promise<void> {
+    this.started ??= this.doStart();
+    return this.started;
+  }
+
+  private async doStart(): Promise<void> {
+    for (const d of [this.base, this.weaversDir, this.exitDir, join(this.base, 'runc'), join(this.base, 'tmp')]) await fsp.mkdir(d, { recursive: true });
+    const info = await detectRuntime(this.opts.runtime ?? 'auto', join(this.base, 'tmp'));
+    this.runtime = new ContainerRuntime(info, join(this.base, 'runc'));
+    this.relay = await ensureAttachRelay(join(this.base, 'bin'));
+    this.startExitWatcher();
+    this.log.info({ runtime: info.name, version: info.version, relay: this.relay.cmd }, 'local backend ready');
+    if (this.opts.prepareDefaultImage !== false) await this.ensureDefault();
+  }
+
+  private ensureDefault(): Promise<unknown> {
+    this.defaultImage ??= ensureDefaultImage(this.images, join(this.base, 'tmp')).catch((e) => {
+      this.defaultImage = null;
+      throw e;
+    });
+    return this.defaultImage;
+  }
+
+  private rt(): ContainerRuntime {
+    return this.containerRuntime;
+  }
+
+  private dir(id: string): string {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id)) throw new LoomError(400, 'bad_id', `invalid weaver id ${JSON.stringify(id)}`);
+    return join(this.weaversDir, id);
+  }
+
+  // ---------------------------------------------------------------- status
+
+  watch(listener: StatusListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private emit(w: BackendWeaver): void {
+    const key = `${w.status}|${w.reason ?? ''}`;
+    if (this.lastEmitted.get(w.id) === key) return;
+    this.lastEmitted.set(w.id, key);
+    for (const l of this.listeners) {
+      try {
+        l({ ...w });
+      } catch (e) {
+        this.log.warn({ err: errorMessage(e) }, 'status listener threw');
+      }
+    }
+  }
+
+  private setLive(id: string, patch: Partial<Live>): Live {
+    const cur = this.live.get(id) ?? { id, status: 'pending' as const };
+    Object.assign(cur, patch);
+    this.live.set(id, cur);
+    this.emit(toBackend(cur));
+    return cur;
+  }
+
+  private startExitWatcher(): void {
+    try {
+      this.watcher = fsWatch(this.exitDir, (_ev, file) => {
+        if (file) void this.checkExit(String(file));
+      });
+      this.watcher.on('error', () => undefined);
+    } catch (e) {
+      this.log.warn({ err: errorMessage(e) }, 'fs.watch on exit dir failed; polling only');
+    }
+    let tick = 0;
+    this.pollTimer = setInterval(() => {
+      tick++;
+      for (const l of this.live.values()) {
+        if (l.status === 'running') {
+          void this.checkExit(l.id);
+          if (tick % 5 === 0) void this.checkGone(l.id);
+        }
+      }
+    }, 1000);
+    this.pollTimer.unref();
+  }
+
+  private async checkExit(id: string): Promise<void> {
+    const l = this.live.get(id);
+    if (!l || l.status !== 'running') return;
+    const code = await ContainerRuntime.exitCode(this.exitDir, id);
+    if (code === null) return;
+    const cur = this.live.get(id);
+    if (!cur || cur.status !== 'running') return;
+    this.setLive(id, { status: code === 0 ? 'succeeded' : 'failed', exitCode: code, reason: `exited with code ${code}` });
+  }
+
+  /** Backstop: conmon was killed and never wrote an exit file. */
+  private async checkGone(id: string): Promise<void> {
+    const dir = join(this.weaversDir, id);
+    if (await this.rt().conmonAlive(dir)) return;
+    await sleep(200);
+    if ((await ContainerRuntime.exitCode(this.exitDir, id)) !== null) return this.checkExit(id);
+    const st = await this.rt().state(id);
+    const l = this.live.get(id);
+    if (!l || l.status !== 'running') return;
+    if (!st || st.status === 'stopped') this.setLive(id, { status: 'failed', reason: 'container stopped and its monitor (conmon) is gone' });
+  }
+
+  // ---------------------------------------------------------------- create
+
+  async create(spec: WeaverSpec): Promise<void> {
+    await this.start();
+    if (this.closed) throw new LoomError(503, 'backend_closed', 'local provisioner is closed');
+    const dir = this.dir(spec.id);
+    if (!isValidRef(spec.image)) throw new LoomError(400, 'bad_image', `invalid image reference ${JSON.stringify(spec.image)}`);
+    if (this.live.has(spec.id) || (await exists(dir))) throw new LoomError(409, 'conflict', `weaver ${spec.id} already exists`);
+    await fsp.mkdir(dir, { recursive: true });
+    const meta: WeaverMeta = { id: spec.id, image: spec.image, createdAt: new Date().toISOString(), phase: 'creating', hostname: hostnameFor(spec.id) };
+    await writeJsonAtomic(join(dir, 'meta.json'), meta);
+    const abort = new AbortController();
+    const l = this.setLive(spec.id, { status: 'pending', abort });
+    l.provisioning = this.mutex.run(spec.id, () => this.provision(spec, meta, abort.signal)).catch((e) => {
+      this.log.error({ weaver: spec.id, err: errorMessage(e) }, 'provisioning crashed');
+    });
+  }
+
+  private async provision(spec: WeaverSpec, meta: WeaverMeta, signal: AbortSignal): Promise<void> {
+    const id = spec.id;
+    const dir = join(this.weaversDir, id);
+    const files = bundleFiles(dir);
+    const t0 = Date.now();
+    const fail = async (reason: string, toLog?: string) => {
+      if (signal.aborted) return;
+      if (toLog) await appendLogLine(files.log, toLog).catch(() => undefined);
+      await this.rt().remove(id, dir, 0).catch(() => undefined);
+      await stopSlirp(join(dir, 'slirp.pid'));
+      await this.materializer.release(join(dir, 'layer'), join(dir, 'rootfs')).catch(() => undefined);
+      meta.phase = 'failed';
+      meta.reason = reason;
+      await writeJsonAtomic(join(dir, 'meta.json'), meta).catch(() => undefined);
+      this.log.warn({ weaver: id, reason }, 'weaver failed to start');
+      this.setLive(id, { status: 'failed', reason, abort: undefined });
+    };
+    try {
+      // 1. image
+      if (spec.image === DEFAULT_LOCAL_IMAGE && !(await this.images.get(DEFAULT_LOCAL_IMAGE))) await this.ensureDefault();
+      let resolved;
+      try {
+        resolved = await this.images.resolve(spec.image);
+      } catch (e) {
+        return await fail(errorMessage(e), `loom: ${errorMessage(e)}`);
+      }
+      if (signal.aborted) return;
+      const lower = resolved.rootfs;
+      // 2. user
+      const user = await resolveUser(resolved.config, lower);
+      if ('error' in user) return await fail(user.error, `loom: ${user.error}`);
+      // 3. workspace (+ clone)
+      const workspace = join(dir, 'workspace');
+      await fsp.mkdir(workspace, { recursive: true });
+      await fsp.chown(workspace, user.uid, user.gid);
+      let cwd = resolved.config.workingDir || '/workspace';
+      if (spec.repo) {
+        const r = await cloneRepo(spec.repo, spec.branch, workspace, user.uid, user.gid);
+        if (signal.aborted) return;
+        if (!r.ok) {
+          const reason = `git clone failed: ${r.message}`;
+          return await fail(reason, `loom: ${reason}`);
+        }
+        cwd = `/workspace/${repoName(spec.repo)}`;
+      }
+      // 4. root filesystem
+      const rootfs = join(dir, 'rootfs');
+      const tm = Date.now();
+      await this.materializer.materialize(lower, join(dir, 'layer'), rootfs);
+      const materializeMs = Date.now() - tm;
+      if (signal.aborted) return;
+      const home = await prepareRootfs(rootfs, meta.hostname, user, this.opts.network === 'slirp4netns');
+      // 5. OCI config
+      const args = spec.command?.length ? spec.command : [...resolved.config.entrypoint, ...resolved.config.cmd];
+      if (args.length === 0) return await fail(`image ${spec.image} has no command and none was given`);
+      const env: Record<string, string> = {};
+      for (const kv of resolved.config.env) {
+        const i = kv.indexOf('=');
+        if (i > 0) env[kv.slice(0, i)] = kv.slice(i + 1);
+      }
+      Object.assign(env, { HOME: home, USER: user.name, LOGNAME: user.name, LOOM_WEAVER_ID: id }, spec.env);
+      const oci = buildOciSpec({
+        rootfs,
+        args,
+        env,
+        cwd,
+        uid: user.uid,
+        gid: user.gid,
+        terminal: true,
+        hostname: meta.hostname,
+        cgroupsPath: `/loom/${id}`,
+        cpu: spec.resources.cpu || this.opts.defaultCpu || undefined,
+        memory: spec.resources.memory || this.opts.defaultMemory || undefined,
+        binds: [{ source: workspace, destination: '/workspace' }],
+        consoleSize: { cols: 80, rows: 24 },
+      });
+      await fsp.writeFile(files.config, JSON.stringify(oci));
+      // 6. create under conmon, network, start
+      let pid: number;
+      try {
+        ({ pid } = await this.rt().create({ id, bundle: dir, terminal: true, exitDir: this.exitDir }));
+      } catch (e) {
+        return await fail(`container create failed: ${errorMessage(e)}`);
+      }
+      if (signal.aborted) return;
+      if (this.opts.network === 'slirp4netns') {
+        meta.slirp = (await startSlirp(pid, join(dir, 'slirp.pid')).catch(() => null)) !== null;
+        if (!meta.slirp) this.log.warn({ weaver: id }, 'slirp4netns unavailable; weaver has loopback only');
+      }
+      try {
+        await this.rt().start(id);
+      } catch (e) {
+        return await fail(`container start failed: ${errorMessage(e)}`);
+      }
+      if (signal.aborted) return;
+      const startedAt = new Date();
+      meta.phase = 'started';
+      meta.startedAt = startedAt.toISOString();
+      await writeJsonAtomic(join(dir, 'meta.json'), meta);
+      this.log.info({ weaver: id, image: resolved.image.name, ms: Date.now() - t0, materializeMs }, 'weaver running');
+      this.setLive(id, { status: 'running', startedAt, abort: undefined });
+      void this.checkExit(id); // a process that exits at once
+    } catch (e) {
+      await fail(`provisioning failed: ${errorMessage(e)}`);
+    }
+  }
+
+  // ---------------------------------------------------------------- read
+
+  async get(id: string): Promise<BackendWeaver | null> {
+    let dir: string;
+    try {
+      dir = this.dir(id);
+    } catch {
+      return null;
+    }
+    const l = this.live.get(id);
+    if (l && (l.status === 'pending' || FINAL.has(l.status))) return toBackend(l);
+    const meta = await readJson<WeaverMeta>(join(dir, 'meta.json'));
+    if (!meta) return l ? toBackend(l) : null;
+    return this.derive(meta, await this.rt().state(id));
+  }
+
+  async list(): Promise<BackendWeaver[]> {
+    await this.start();
+    const states = new Map((await this.rt().list()).map((s) => [s.id, s]));
+    let ids: string[] = [];
+    try {
+      ids = await fsp.readdir(this.weaversDir);
+    } catch {
+      /* none */
+    }
+    const out: BackendWeaver[] = [];
+    for (const id of ids) {
+      const l = this.live.get(id);
+      if (l && (l.status === 'pending' || FINAL.has(l.status))) {
+        out.push(toBackend(l));
+        continue;
+      }
+      const meta = await readJson<WeaverMeta>(join(this.weaversDir, id, 'meta.json'));
+      if (meta) out.push(await this.derive(meta, states.get(id) ?? null));
+    }
+    return out;
+  }
+
+  private async derive(meta: WeaverMeta, st: RuntimeState | null): Promise<BackendWeaver> {
+    const base = { id: meta.id, ...(meta.startedAt ? { startedAt: new Date(meta.startedAt) } : {}) };
+    if (meta.phase === 'failed') return { ...base, status: 'failed', reason: meta.reason ?? 'failed' };
+    const code = await ContainerRuntime.exitCode(this.exitDir, meta.id);
+    if (code !== null) return { ...base, status: code === 0 ? 'succeeded' : 'failed', exitCode: code, reason: `exited with code ${code}` };
+    if (meta.phase === 'creating') {
+      return this.live.has(meta.id) ? { ...base, status: 'pending' } : { ...base, status: 'failed', reason: 'interrupted while starting' };
+    }
+    if (st && (st.status === 'running' || st.status === 'paused')) return { ...base, status: 'running' };
+    if (st && st.status === 'created') return { ...base, status: 'pending' };
+    return { ...base, status: 'failed', reason: st ? 'container stopped (exit code unknown)' : 'container is gone' };
+  }
+
+  // ---------------------------------------------------------------- attach / logs
+
+  async attach(id: string, size?: { cols: number; rows: number }): Promise<TerminalStream> {
+    await this.start();
+    const dir = this.dir(id);
+    const w = await this.get(id);
+    if (!w) throw new LoomError(404, 'not_found', `weaver ${id} not found`);
+    if (w.status !== 'running') throw new LoomError(409, 'not_running', `weaver ${id} is ${w.status}${w.reason ? ` (${w.reason})` : ''}`);
+    const rt = this.rt();
+    if (size) await rt.resize(dir, size.cols, size.rows).catch(() => undefined);
+    return openTerminalStream({
+      relay: this.relay!,
+      socketPath: bundleFiles(dir).attach,
+      resize: (cols, rows) => rt.resize(dir, cols, rows),
+      exitCode: async () => {
+        for (let i = 0; i < 40; i++) {
+          const c = await ContainerRuntime.exitCode(this.exitDir, id);
+          if (c !== null) {
+            void this.checkExit(id);
+            return c;
+          }
+          await sleep(50);
+        }
+        return undefined;
+      },
+    });
+  }
+
+  logs(id: string, opts: LogOptions): AsyncIterable<Buffer> {
+    const dir = this.dir(id);
+    const file = bundleFiles(dir).log;
+    const ended = async () => (await ContainerRuntime.exitCode(this.exitDir, id)) !== null || !(await exists(dir)) || (await readJson<WeaverMeta>(join(dir, 'meta.json')))?.phase === 'failed';
+    const self = this;
+    return (async function* () {
+      if (!(await exists(dir)) && !self.live.has(id)) throw new LoomError(404, 'not_found', `weaver ${id} not found`);
+      if (!opts.follow) {
+        for (const chunk of await readLogTail(file, opts.tail)) yield chunk;
+        return;
+      }
+      yield* followLog(file, opts.tail, ended, opts.signal);
+    })();
+  }
+
+  // ---------------------------------------------------------------- delete / reconcile
+
+  async delete(id: string): Promise<void> {
+    await this.start();
+    let dir: string;
+    try {
+      dir = this.dir(id);
+    } catch {
+      return;
+    }
+    const l = this.live.get(id);
+    l?.abort?.abort();
+    if (l?.provisioning) await l.provisioning;
+    await this.mutex.run(id, () => this.destroy(id, dir));
+    this.live.delete(id);
+    this.lastEmitted.delete(id);
+  }
+
+  private async destroy(id: string, dir: string): Promise<void> {
+    await stopSlirp(join(dir, 'slirp.pid'));
+    await this.rt().remove(id, dir, this.opts.stopGraceMs ?? 2000);
+    await this.materializer.release(join(dir, 'layer'), join(dir, 'rootfs')).catch(() => undefined);
+    await unmountAll(dir);
+    await fsp.rm(dir, { recursive: true, force: true });
+    await fsp.rm(join(this.exitDir, id), { force: true });
+  }
+
+  async reconcile(knownIds: string[]): Promise<ReconcileReport> {
+    await this.start();
+    const known = new Set(knownIds);
+    for (const l of this.live.values()) known.add(l.id); // ours, in flight
+    const report: ReconcileReport = { adopted: [], orphansRemoved: [], missing: [] };
+    const states = new Map((await this.rt().list()).map((s) => [s.id, s]));
+    let dirs: string[] = [];
+    try {
+      dirs = await fsp.readdir(this.weaversDir);
+    } catch {
+      /* none */
+    }
+    const all = new Set([...states.keys(), ...dirs, ...knownIds]);
+    for (const id of all) {
+      let dir: string;
+      try {
+        dir = this.dir(id);
+      } catch {
+        continue;
+      }
+      if (!known.has(id)) {
+        await this.mutex.run(id, () => this.destroy(id, dir)).catch((e) => this.log.warn({ weaver: id, err: errorMessage(e) }, 'orphan cleanup failed'));
+        report.orphansRemoved.push(id);
+        continue;
+      }
+      const l = this.live.get(id);
+      if (l && (l.status === 'pending' || l.status === 'running' || FINAL.has(l.status))) {
+        if (l.status === 'running') void this.checkExit(id);
+        report.adopted.push(id);
+        continue;
+      }
+      const meta = await readJson<WeaverMeta>(join(dir, 'meta.json'));
+      const st = states.get(id) ?? null;
+      if (!meta) {
+        if (st) await this.mutex.run(id, () => this.destroy(id, dir)).catch(() => undefined);
+        report.missing.push(id);
+        continue;
+      }
+      const w = await this.derive(meta, st);
+      if (w.status === 'running') {
+        this.live.set(id, { id, status: 'running', ...(w.startedAt ? { startedAt: w.startedAt } : {}) });
+        this.lastEmitted.set(id, 'running|');
+        report.adopted.push(id);
+        void this.checkExit(id);
+      } else if (FINAL.has(w.status) && (w.exitCode !== undefined || meta.phase === 'failed')) {
+        // Exited (or failed) while nobody watched: report it through watch().
+        this.live.set(id, { id, status: w.status, ...(w.reason ? { reason: w.reason } : {}), ...(w.exitCode !== undefined ? { exitCode: w.exitCode } : {}) });
+        report.adopted.push(id);
+        this.emit(w);
+      } else {
+        // Interrupted mid-create, or the container vanished: nothing to adopt.
+        await this.mutex.run(id, () => this.destroy(id, dir)).catch(() => undefined);
+        report.missing.push(id);
+      }
+    }
+    this.log.info({ adopted: report.adopted.length, orphansRemoved: report.orphansRemoved.length, missing: report.missing.length }, 'reconciled local weavers');
+    return report;
+  }
+
+  async health(): Promise<BackendHealth> {
+    try {
+      await this.start();
+      const rt = this.rt();
+      const n = (await rt.list()).length;
+      return { ok: true, backend: 'local', detail: `${rt.info.name} ${rt.info.version} under conmon; ${n} container(s)` };
+    } catch (e) {
+      return { ok: false, backend: 'local', detail: errorMessage(e) };
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.watcher?.close();
+    this.watcher = null;
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    this.pollTimer = null;
+    this.listeners.clear();
+  }
+}
+
+function toBackend(l: Live): BackendWeaver {
+  return {
+    id: l.id,
+    status: l.status,
+    ...(l.reason ? { reason: l.reason } : {}),
+    ...(l.exitCode !== undefined ? { exitCode: l.exitCode } : {}),
+    ...(l.startedAt ? { startedAt: l.startedAt } : {}),
+  };
+}
+
+interface PasswdEntry { name: string; uid: number; gid: number; home: string }
+
+async function readPasswd(rootfs: string): Promise<PasswdEntry[]> {
+  try {
+    const text = await fsp.readFile(join(rootfs, 'etc/passwd'), 'utf8');
+    return text.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => {
+      const f = l.split(':');
+      return { name: f[0] ?? '', uid: Number(f[2]), gid: Number(f[3]), home: f[5] ?? '/' };
+    }).filter((e) => Number.isInteger(e.uid));
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * The image's User when it names a non-root user; otherwise 1000:1000 ("a non-root user inside by
+ * default"). A name is looked up in the image's /etc/passwd.
+ */
+async function resolveUser(cfg: ImageRunConfig, rootfs: string): Promise<{ uid: number; gid: number; name: string } | { error: string }> {
+  const passwd = await readPasswd(rootfs);
+  const byUid = (uid: number) => passwd.find((p) => p.uid === uid);
+  const spec = cfg.user.trim();
+  let uid = 1000;
+  let gid = 1000;
+  if (spec && !/^(0|root)(:.*)?$/.test(spec)) {
+    const [u, g] = spec.split(':');
+    if (/^\d+$/.test(u!)) {
+      uid = Number(u);
+      gid = byUid(uid)?.gid ?? uid;
+    } else {
+      const e = passwd.find((p) => p.name === u);
+      if (!e) return { error: `image user ${JSON.stringify(u)} is not in the image's /etc/passwd` };
+      uid = e.uid;
+      gid = e.gid;
+    }
+    if (g !== undefined && /^\d+$/.test(g)) gid = Number(g);
+  }
+  return { uid, gid, name: byUid(uid)?.name ?? 'loom' };
+}
+
+/** Per-weaver files in the (copy-on-write) root: /etc/hostname, /etc/hosts, a passwd entry, /workspace. */
+async function prepareRootfs(rootfs: string, hostname: string, user: { uid: number; gid: number; name: string }, slirp: boolean): Promise<string> {
+  const etc = join(rootfs, 'etc');
+  // An image is untrusted: never write through a symlink that could point out of the rootfs.
+  const etcStat = await fsp.lstat(etc).catch(() => null);
+  if (etcStat?.isSymbolicLink()) throw new Error('the image\'s /etc is a symlink');
+  if (!etcStat) await fsp.mkdir(etc);
+  await fsp.mkdir(join(rootfs, 'workspace'), { recursive: true });
+  await replaceFile(join(etc, 'hostname'), `${hostname}\n`);
+  await replaceFile(join(etc, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t${hostname}\n`);
+  if (slirp) await replaceFile(join(etc, 'resolv.conf'), SLIRP_RESOLV_CONF);
+  const passwd = await readPasswd(rootfs);
+  const entry = passwd.find((p) => p.uid === user.uid);
+  if (entry) return entry.home || '/workspace';
+  const pw = await fsp.lstat(join(etc, 'passwd')).catch(() => null);
+  if (pw && !pw.isFile()) throw new Error('the image\'s /etc/passwd is not a regular file');
+  await fsp.appendFile(join(etc, 'passwd'), `${user.name}:x:${user.uid}:${user.gid}:${user.name}:/workspace:/bin/sh\n`);
+  return '/workspace';
+}
+
+/** Replaces a file even when the image has it as a symlink (never follow links out of the rootfs). */
+async function replaceFile(path: string, content: string): Promise<void> {
+  await fsp.rm(path, { force: true });
+  await fsp.writeFile(path, content);
+}
+
+async function appendLogLine(file: string, text: string): Promise<void> {
+  const ts = new Date().toISOString().replace('Z', '000000+00:00');
+  await fsp.appendFile(file, `${ts} stderr F ${text}\n`);
+}
