@@ -47,7 +47,12 @@ export function repoDirName(repo: string): string {
   } catch {
     // not a URL: use the string as a path
   }
-  const last = path.split('/').filter(Boolean).pop() ?? '';
+  let last = path.split('/').filter(Boolean).pop() ?? '';
+  try {
+    last = decodeURIComponent(last);
+  } catch {
+    // keep it encoded
+  }
   const name = last.replace(/\.git$/i, '').replace(/[^A-Za-z0-9._-]/g, '-');
   if (!name || name === '.' || name === '..') return 'repo';
   return name;

@@ -1,0 +1,1 @@
+export { K8sStandin, STANDIN_BANNER, matchesSelector, extraPodChecks, type JsonPod, type StandinOptions } from './server.js';

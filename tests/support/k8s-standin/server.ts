@@ -1,0 +1,719 @@
+/**
+ * K8S STAND-IN API SERVER — not Kubernetes.
+ *
+ * A small in-process imitation of the parts of the Kubernetes API that the Loom kubernetes
+ * backend (through @kubernetes/client-node and `ws`) uses, speaking the same wire protocol:
+ * JSON over plain HTTP with a bearer token; namespaces GET; pods list/get/create/delete with
+ * resourceVersions and label selectors; `?watch=true&resourceVersion=N` streams of
+ * newline-delimited watch events (ADDED/MODIFIED/DELETED, ERROR 410 after compaction); the pod
+ * log subresource (plain and follow); and the attach subresource over WebSocket with the
+ * channel protocol (v4.channel.k8s.io / channel.k8s.io). Errors are Status objects like the
+ * real API server's. Pods are validated against the Kubernetes OpenAPI schema
+ * (kubernetes-models) and rejected with 422 Invalid when they don't conform.
+ *
+ * There is no scheduler or kubelet: an optional "stand-in kubelet" moves created pods along
+ * (Running, ErrImagePull for images containing "does-not-exist", git clone failure for repos
+ * containing "does-not-exist"), and tests can drive any pod state directly.
+ */
+import http from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { KubeConfig } from '@kubernetes/client-node';
+import { Pod } from 'kubernetes-models/v1';
+import { WebSocketServer, type WebSocket } from 'ws';
+
+export const STANDIN_BANNER = 'K8S STAND-IN API server (not a real cluster)';
+
+/** A pod as JSON (the stand-in keeps wire objects, not typed client objects). */
+export type JsonPod = {
+  apiVersion?: string;
+  kind?: string;
+  metadata: {
+    name: string;
+    namespace?: string;
+    uid?: string;
+    resourceVersion?: string;
+    creationTimestamp?: string;
+    deletionTimestamp?: string;
+    deletionGracePeriodSeconds?: number;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+  };
+  spec: {
+    containers: { name: string; image?: string; command?: string[] }[];
+    initContainers?: { name: string; image?: string; command?: string[]; restartPolicy?: string }[];
+    activeDeadlineSeconds?: number;
+    [k: string]: unknown;
+  };
+  status?: {
+    phase?: string;
+    reason?: string;
+    message?: string;
+    startTime?: string;
+    conditions?: { type: string; status: string; reason?: string; message?: string }[];
+    containerStatuses?: ContainerStatus[];
+    initContainerStatuses?: ContainerStatus[];
+  };
+};
+
+export interface ContainerState {
+  waiting?: { reason?: string; message?: string };
+  running?: { startedAt?: string };
+  terminated?: { exitCode: number; reason?: string; message?: string; startedAt?: string; finishedAt?: string };
+}
+
+export interface ContainerStatus {
+  name: string;
+  image: string;
+  imageID: string;
+  ready: boolean;
+  restartCount: number;
+  started?: boolean;
+  state: ContainerState;
+}
+
+export interface StandinOptions {
+  token?: string;
+  namespaces?: string[];
+  /** 'auto': the stand-in kubelet moves new pods along after kubeletDelayMs. */
+  kubelet?: 'auto' | 'manual';
+  kubeletDelayMs?: number;
+  /** Time between a delete (deletionTimestamp set) and the pod's removal; 0 removes at once. */
+  deleteDelayMs?: number;
+}
+
+interface WatchEvent {
+  rv: number;
+  ns: string;
+  type: 'ADDED' | 'MODIFIED' | 'DELETED';
+  object: JsonPod;
+}
+
+interface Watcher {
+  ns: string;
+  selector: string | null;
+  res: http.ServerResponse;
+}
+
+interface AttachConn {
+  ws: WebSocket;
+  protocol: string;
+}
+
+export interface RequestRecord {
+  method: string;
+  path: string;
+  query: Record<string, string>;
+}
+
+const clone = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T;
+const now = (): string => new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+function status(code: number, reason: string, message: string, details?: Record<string, unknown>) {
+  return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, ...(details ? { details } : {}), code };
+}
+
+/** Kubernetes label selector subset: k=v, k==v, k!=v, k, !k (comma = AND). */
+export function matchesSelector(labels: Record<string, string> | undefined, selector: string | null): boolean {
+  if (!selector) return true;
+  const l = labels ?? {};
+  for (const raw of selector.split(',')) {
+    const term = raw.trim();
+    if (!term) continue;
+    let m: RegExpExecArray | null;
+    if ((m = /^([^!=]+)!=(.*)$/.exec(term))) {
+      if (l[m[1].trim()] === m[2].trim()) return false;
+    } else if ((m = /^([^!=]+)==?(.*)$/.exec(term))) {
+      if (l[m[1].trim()] !== m[2].trim()) return false;
+    } else if (term.startsWith('!')) {
+      if (term.slice(1) in l) return false;
+    } else if (!(term in l)) return false;
+  }
+  return true;
+}
+
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
+const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
+
+/** The checks the real API server makes that the OpenAPI schema alone does not catch (a subset). */
+export function extraPodChecks(pod: JsonPod): string[] {
+  const errs: string[] = [];
+  const name = pod.metadata?.name ?? '';
+  if (!name || name.length > 253 || !DNS_SUBDOMAIN.test(name)) errs.push(`metadata.name: Invalid value: "${name}": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'`);
+  for (const [k, v] of Object.entries(pod.metadata?.labels ?? {})) {
+    if (v.length > 63 || !LABEL_VALUE.test(v)) errs.push(`metadata.labels: Invalid value: "${v}": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.' (label ${k})`);
+  }
+  const names = new Set<string>();
+  for (const c of [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])]) {
+    if (names.has(c.name)) errs.push(`spec.containers: Duplicate value: "${c.name}"`);
+    names.add(c.name);
+  }
+  if (!pod.spec?.containers?.length) errs.push('spec.containers: Required value');
+  return errs;
+}
+
+export class K8sStandin {
+  readonly token: string;
+  readonly requests: RequestRecord[] = [];
+  /** Resize messages received on channel 4, per pod name. */
+  readonly resizes = new Map<string, { Width: number; Height: number }[]>();
+  /** Bytes received on channel 0 (stdin), per pod name. */
+  readonly stdin = new Map<string, Buffer[]>();
+  /** Subprotocol negotiated by each attach connection, in order. */
+  readonly attachProtocols: string[] = [];
+  /** Fault injection: the next create stores the pod, then answers 500 (a half-created pod). */
+  failNextCreateAfterStore = false;
+  /** Pods allowed in each namespace (a ResourceQuota on pods); undefined = unlimited. */
+  podQuota: number | undefined;
+
+  private readonly server: http.Server;
+  private readonly wss = new WebSocketServer({ noServer: true, handleProtocols: (protocols) => this.pickProtocol(protocols) });
+  private readonly namespaces: Set<string>;
+  private readonly pods = new Map<string, JsonPod>();
+  private readonly logs = new Map<string, string>();
+  private readonly logFollowers = new Map<string, Set<http.ServerResponse>>();
+  private readonly attaches = new Map<string, Set<AttachConn>>();
+  private readonly watchers = new Set<Watcher>();
+  private readonly sockets = new Set<Socket>();
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private events: WatchEvent[] = [];
+  private rv = 1000;
+  /** Watches asking for a resourceVersion older than this get 410 Gone. */
+  private compactedRv = 0;
+  private readonly kubelet: 'auto' | 'manual';
+  private readonly kubeletDelayMs: number;
+  readonly deleteDelayMs: number;
+  private port = 0;
+
+  private constructor(opts: StandinOptions) {
+    this.token = opts.token ?? 'standin-token';
+    this.namespaces = new Set(opts.namespaces ?? ['loom-weavers']);
+    this.kubelet = opts.kubelet ?? 'manual';
+    this.kubeletDelayMs = opts.kubeletDelayMs ?? 20;
+    this.deleteDelayMs = opts.deleteDelayMs ?? 0;
+    this.server = http.createServer((req, res) => {
+      this.handle(req, res).catch((e: unknown) => {
+        if (!res.headersSent) this.send(res, 500, status(500, 'InternalError', String(e)));
+      });
+    });
+    this.server.on('connection', (s) => {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+    });
+    this.server.on('upgrade', (req, socket, head) => this.upgrade(req, socket as Socket, head));
+  }
+
+  static async start(opts: StandinOptions = {}): Promise<K8sStandin> {
+    const s = new K8sStandin(opts);
+    await new Promise<void>((resolve) => s.server.listen(0, '127.0.0.1', resolve));
+    s.port = (s.server.address() as AddressInfo).port;
+    return s;
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** A kubeconfig for this stand-in: plain http (hence insecure-skip-tls-verify) and a bearer token. */
+  kubeconfigYaml(): string {
+    return [
+      'apiVersion: v1',
+      'kind: Config',
+      'clusters:',
+      '- name: k8s-standin',
+      '  cluster:',
+      `    server: ${this.url}`,
+      '    insecure-skip-tls-verify: true',
+      'users:',
+      '- name: standin-user',
+      '  user:',
+      `    token: ${this.token}`,
+      'contexts:',
+      '- name: k8s-standin',
+      '  context:',
+      '    cluster: k8s-standin',
+      '    user: standin-user',
+      'current-context: k8s-standin',
+      '',
+    ].join('\n');
+  }
+
+  kubeConfig(): KubeConfig {
+    const kc = new KubeConfig();
+    kc.loadFromString(this.kubeconfigYaml());
+    return kc;
+  }
+
+  addNamespace(ns: string): void {
+    this.namespaces.add(ns);
+  }
+
+  // ---- state access for tests ----
+
+  pod(name: string, ns = 'loom-weavers'): JsonPod | undefined {
+    const p = this.pods.get(`${ns}/${name}`);
+    return p ? clone(p) : undefined;
+  }
+
+  podNames(ns = 'loom-weavers'): string[] {
+    return [...this.pods.values()].filter((p) => p.metadata.namespace === ns).map((p) => p.metadata.name);
+  }
+
+  /** Creates a pod directly (as kubectl would), bypassing the client. */
+  seedPod(pod: JsonPod, ns = 'loom-weavers'): void {
+    const errs = this.validate(pod);
+    if (errs.length) throw new Error(`stand-in: invalid seed pod: ${errs.join('; ')}`);
+    this.store(ns, pod);
+  }
+
+  /** Moves a pod's main container (and phase) to a state. */
+  update(name: string, mutate: (pod: JsonPod) => void, ns = 'loom-weavers'): void {
+    const key = `${ns}/${name}`;
+    const p = this.pods.get(key);
+    if (!p) throw new Error(`stand-in: no pod ${key}`);
+    mutate(p);
+    p.metadata.resourceVersion = String(++this.rv);
+    this.record(ns, 'MODIFIED', p);
+    if (p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed') this.endLogFollowers(key);
+  }
+
+  setRunning(name: string, ns = 'loom-weavers'): void {
+    this.update(
+      name,
+      (p) => {
+        const started = now();
+        p.status = {
+          ...(p.status ?? {}),
+          phase: 'Running',
+          startTime: p.status?.startTime ?? started,
+          conditions: [{ type: 'PodScheduled', status: 'True' }, { type: 'Ready', status: 'True' }],
+          containerStatuses: p.spec.containers.map((c) => cs(c, { running: { startedAt: started } }, true)),
+          initContainerStatuses: (p.spec.initContainers ?? []).map((c) =>
+            cs(c, c.restartPolicy === 'Always' ? { running: { startedAt: started } } : { terminated: { exitCode: 0, reason: 'Completed' } }, c.restartPolicy === 'Always'),
+          ),
+        };
+      },
+      ns,
+    );
+  }
+
+  setWaiting(name: string, reason: string, message?: string, container = 'weaver', ns = 'loom-weavers'): void {
+    this.update(
+      name,
+      (p) => {
+        const st = p.status ?? {};
+        st.phase = 'Pending';
+        const list = (st.containerStatuses ??= p.spec.containers.map((c) => cs(c, { waiting: { reason: 'ContainerCreating' } }, false)));
+        const target = list.find((c) => c.name === container);
+        if (target) target.state = { waiting: { reason, ...(message ? { message } : {}) } };
+        p.status = st;
+      },
+      ns,
+    );
+  }
+
+  /** The main container ended: phase Succeeded for 0, Failed otherwise (restartPolicy Never). */
+  setTerminated(name: string, exitCode: number, reason?: string, message?: string, ns = 'loom-weavers'): void {
+    this.update(
+      name,
+      (p) => {
+        const st = p.status ?? {};
+        st.phase = exitCode === 0 && reason !== 'OOMKilled' ? 'Succeeded' : 'Failed';
+        st.containerStatuses = p.spec.containers.map((c) =>
+          cs(c, { terminated: { exitCode, reason: reason ?? (exitCode === 0 ? 'Completed' : 'Error'), ...(message ? { message } : {}), finishedAt: now() } }, false),
+        );
+        p.status = st;
+      },
+      ns,
+    );
+  }
+
+  /** The pod failed as a whole (e.g. activeDeadlineSeconds passed: reason DeadlineExceeded). */
+  setPodFailed(name: string, reason: string, message: string, ns = 'loom-weavers'): void {
+    this.update(
+      name,
+      (p) => {
+        p.status = { ...(p.status ?? {}), phase: 'Failed', reason, message };
+      },
+      ns,
+    );
+  }
+
+  /** Appends to the main container's log; followers receive it at once. */
+  appendLog(name: string, text: string, ns = 'loom-weavers'): void {
+    const key = `${ns}/${name}`;
+    this.logs.set(key, (this.logs.get(key) ?? '') + text);
+    for (const res of this.logFollowers.get(key) ?? []) res.write(text);
+  }
+
+  /** Output from the attached process, on channel 1 of every attach connection to the pod. */
+  sendOutput(name: string, text: string): void {
+    for (const a of this.attaches.get(name) ?? []) a.ws.send(Buffer.concat([Buffer.from([1]), Buffer.from(text)]));
+  }
+
+  attachCount(name: string): number {
+    return this.attaches.get(name)?.size ?? 0;
+  }
+
+  /** The attached process ended: status on channel 3, then the connection closes. */
+  endAttach(name: string, exitCode: number): void {
+    for (const a of this.attaches.get(name) ?? []) {
+      let payload: string;
+      if (a.protocol === 'channel.k8s.io') payload = exitCode === 0 ? '' : `command terminated with non-zero exit code: exit status ${exitCode}`;
+      else if (exitCode === 0) payload = JSON.stringify({ metadata: {}, status: 'Success' });
+      else {
+        payload = JSON.stringify({
+          metadata: {},
+          status: 'Failure',
+          message: `command terminated with non-zero exit code: exit status ${exitCode}`,
+          reason: 'NonZeroExitCode',
+          details: { causes: [{ reason: 'ExitCode', message: String(exitCode) }] },
+        });
+      }
+      a.ws.send(Buffer.concat([Buffer.from([3]), Buffer.from(payload)]));
+      a.ws.close(1000);
+    }
+  }
+
+  /** Forgets watch history: watches resuming from an older resourceVersion get 410 Gone. */
+  compact(): void {
+    this.compactedRv = this.rv;
+    this.events = [];
+  }
+
+  /** Ends every open watch stream, as the API server does on its watch timeout. */
+  dropWatches(): void {
+    for (const w of this.watchers) w.res.end();
+    this.watchers.clear();
+  }
+
+  watchCount(): number {
+    return this.watchers.size;
+  }
+
+  /** Requests that were list (not watch) calls on pods. */
+  podListCalls(): number {
+    return this.requests.filter((r) => r.method === 'GET' && /\/pods$/.test(r.path) && r.query.watch !== 'true').length;
+  }
+
+  async close(): Promise<void> {
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    this.dropWatches();
+    for (const set of this.logFollowers.values()) for (const r of set) r.end();
+    for (const set of this.attaches.values()) for (const a of set) a.ws.terminate();
+    this.wss.close();
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      for (const s of this.sockets) s.destroy();
+    });
+  }
+
+  // ---- internals ----
+
+  private pickProtocol(offered: Set<string>): string | false {
+    // Offered in client preference order; the stand-in speaks v4 and v1 of the channel protocol.
+    for (const p of offered) if (p === 'v4.channel.k8s.io' || p === 'channel.k8s.io') return p;
+    return false;
+  }
+
+  private validate(pod: JsonPod): string[] {
+    const errs: string[] = [];
+    try {
+      new Pod(pod as unknown as ConstructorParameters<typeof Pod>[0]).validate();
+    } catch (e) {
+      errs.push((e as Error).message);
+    }
+    errs.push(...extraPodChecks(pod));
+    return errs;
+  }
+
+  private store(ns: string, pod: JsonPod): JsonPod {
+    const p = clone(pod);
+    p.apiVersion = 'v1';
+    p.kind = 'Pod';
+    p.metadata.namespace = ns;
+    p.metadata.uid = `standin-${(++this.rv).toString(16)}-${Math.random().toString(16).slice(2, 10)}`;
+    p.metadata.creationTimestamp = now();
+    p.metadata.resourceVersion = String(++this.rv);
+    p.status = {
+      phase: 'Pending',
+      conditions: [{ type: 'PodScheduled', status: 'True' }],
+      containerStatuses: p.spec.containers.map((c) => cs(c, { waiting: { reason: 'ContainerCreating' } }, false)),
+    };
+    this.pods.set(`${ns}/${p.metadata.name}`, p);
+    this.record(ns, 'ADDED', p);
+    if (this.kubelet === 'auto') this.later(() => this.kubeletTick(ns, p.metadata.name), this.kubeletDelayMs);
+    return p;
+  }
+
+  private later(fn: () => void, ms: number): void {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      fn();
+    }, ms);
+    this.timers.add(t);
+  }
+
+  /** The stand-in kubelet: what a node would do next with a new pod. */
+  private kubeletTick(ns: string, name: string): void {
+    const p = this.pods.get(`${ns}/${name}`);
+    if (!p || p.metadata.deletionTimestamp) return;
+    const main = p.spec.containers.find((c) => c.name === 'weaver') ?? p.spec.containers[0];
+    const clone = (p.spec.initContainers ?? []).find((c) => c.name === 'git-clone');
+    const url = clone?.command?.[clone.command.length - 2];
+    if (clone && url && url.includes('does-not-exist')) {
+      this.update(
+        name,
+        (q) => {
+          q.status = {
+            ...(q.status ?? {}),
+            phase: 'Failed',
+            initContainerStatuses: (q.spec.initContainers ?? []).map((c) =>
+              c.name === 'git-clone'
+                ? cs(c, { terminated: { exitCode: 128, reason: 'Error', message: `Cloning into '${clone.command?.[clone.command.length - 1]}'...\nfatal: repository '${url}/' not found\n` } }, false)
+                : cs(c, { running: { startedAt: now() } }, true),
+            ),
+            containerStatuses: q.spec.containers.map((c) => cs(c, { waiting: { reason: 'PodInitializing' } }, false)),
+          };
+        },
+        ns,
+      );
+      return;
+    }
+    if (main.image?.includes('does-not-exist')) {
+      this.setWaiting(name, 'ErrImagePull', `rpc error: code = NotFound desc = failed to pull and unpack image "${main.image}": not found`, main.name, ns);
+      return;
+    }
+    this.setRunning(name, ns);
+  }
+
+  private record(ns: string, type: WatchEvent['type'], pod: JsonPod): void {
+    const ev: WatchEvent = { rv: Number(pod.metadata.resourceVersion), ns, type, object: clone(pod) };
+    this.events.push(ev);
+    for (const w of this.watchers) {
+      if (w.ns === ns && matchesSelector(pod.metadata.labels, w.selector)) w.res.write(JSON.stringify({ type, object: ev.object }) + '\n');
+    }
+  }
+
+  private send(res: http.ServerResponse, code: number, body: unknown): void {
+    const data = JSON.stringify(body);
+    res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) });
+    res.end(data);
+  }
+
+  private authorized(req: http.IncomingMessage): boolean {
+    return req.headers.authorization === `Bearer ${this.token}`;
+  }
+
+  private async body(req: http.IncomingMessage): Promise<unknown> {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const text = Buffer.concat(chunks).toString('utf8');
+    if (!text) return undefined;
+    return JSON.parse(text) as unknown;
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://standin');
+    const query = Object.fromEntries(url.searchParams.entries());
+    const method = req.method ?? 'GET';
+    this.requests.push({ method, path: url.pathname, query });
+    if (!this.authorized(req)) return this.send(res, 401, status(401, 'Unauthorized', 'Unauthorized'));
+
+    let m: RegExpExecArray | null;
+    if ((m = /^\/api\/v1\/namespaces\/([^/]+)$/.exec(url.pathname)) && method === 'GET') {
+      const ns = decodeURIComponent(m[1]);
+      if (!this.namespaces.has(ns)) return this.send(res, 404, status(404, 'NotFound', `namespaces "${ns}" not found`, { name: ns, kind: 'namespaces' }));
+      return this.send(res, 200, { kind: 'Namespace', apiVersion: 'v1', metadata: { name: ns, resourceVersion: '1' }, spec: { finalizers: ['kubernetes'] }, status: { phase: 'Active' } });
+    }
+    if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/pods$/.exec(url.pathname))) {
+      const ns = decodeURIComponent(m[1]);
+      if (method === 'GET') {
+        if (query.watch === 'true' || query.watch === '1') return this.watch(ns, query, req, res);
+        const items = [...this.pods.values()].filter((p) => p.metadata.namespace === ns && matchesSelector(p.metadata.labels, query.labelSelector ?? null));
+        return this.send(res, 200, { kind: 'PodList', apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) }, items });
+      }
+      if (method === 'POST') return this.create(ns, await this.body(req), res);
+    }
+    if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)$/.exec(url.pathname))) {
+      const ns = decodeURIComponent(m[1]);
+      const name = decodeURIComponent(m[2]);
+      const p = this.pods.get(`${ns}/${name}`);
+      if (!p) return this.send(res, 404, status(404, 'NotFound', `pods "${name}" not found`, { name, kind: 'pods' }));
+      if (method === 'GET') return this.send(res, 200, p);
+      if (method === 'DELETE') {
+        await this.body(req).catch(() => undefined);
+        return this.send(res, 200, this.remove(ns, name, p));
+      }
+    }
+    if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/log$/.exec(url.pathname)) && method === 'GET') {
+      return this.log(decodeURIComponent(m[1]), decodeURIComponent(m[2]), query, req, res);
+    }
+    return this.send(res, 404, status(404, 'NotFound', 'the server could not find the requested resource'));
+  }
+
+  private create(ns: string, body: unknown, res: http.ServerResponse): void {
+    if (!this.namespaces.has(ns)) return this.send(res, 404, status(404, 'NotFound', `namespaces "${ns}" not found`));
+    const pod = body as JsonPod;
+    const name = pod?.metadata?.name ?? '';
+    const errs = this.validate(pod);
+    if (errs.length > 0) {
+      return this.send(res, 422, status(422, 'Invalid', `Pod "${name}" is invalid: ${errs.join('; ')}`, { name, kind: 'Pod', causes: errs.map((message) => ({ reason: 'FieldValueInvalid', message })) }));
+    }
+    if (this.pods.has(`${ns}/${name}`)) return this.send(res, 409, status(409, 'AlreadyExists', `pods "${name}" already exists`, { name, kind: 'pods' }));
+    if (this.podQuota !== undefined) {
+      const used = this.podNames(ns).length;
+      if (used >= this.podQuota) {
+        return this.send(res, 403, status(403, 'Forbidden', `pods "${name}" is forbidden: exceeded quota: weaver-quota, requested: pods=1, used: pods=${used}, limited: pods=${this.podQuota}`));
+      }
+    }
+    const stored = this.store(ns, pod);
+    if (this.failNextCreateAfterStore) {
+      this.failNextCreateAfterStore = false;
+      return this.send(res, 500, status(500, 'InternalError', 'Internal error occurred: stand-in fault injected after storing the pod'));
+    }
+    return this.send(res, 201, stored);
+  }
+
+  private remove(ns: string, name: string, p: JsonPod): JsonPod {
+    const key = `${ns}/${name}`;
+    if (!p.metadata.deletionTimestamp) {
+      p.metadata.deletionTimestamp = now();
+      p.metadata.deletionGracePeriodSeconds = 5;
+      p.metadata.resourceVersion = String(++this.rv);
+      this.record(ns, 'MODIFIED', p);
+    }
+    const gone = () => {
+      const cur = this.pods.get(key);
+      if (!cur) return;
+      this.pods.delete(key);
+      cur.metadata.resourceVersion = String(++this.rv);
+      this.record(ns, 'DELETED', cur);
+      this.endLogFollowers(key);
+      for (const a of this.attaches.get(name) ?? []) a.ws.close(1000);
+    };
+    if (this.deleteDelayMs <= 0) gone();
+    else this.later(gone, this.deleteDelayMs);
+    return clone(p);
+  }
+
+  private watch(ns: string, query: Record<string, string>, req: http.IncomingMessage, res: http.ServerResponse): void {
+    res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
+    const selector = query.labelSelector ?? null;
+    const rvParam = query.resourceVersion;
+    const send = (type: string, object: unknown) => res.write(JSON.stringify({ type, object }) + '\n');
+    if (!rvParam || rvParam === '0') {
+      for (const p of this.pods.values()) if (p.metadata.namespace === ns && matchesSelector(p.metadata.labels, selector)) send('ADDED', p);
+    } else {
+      const from = Number(rvParam);
+      if (!Number.isFinite(from) || from < this.compactedRv) {
+        send('ERROR', status(410, 'Expired', `too old resource version: ${rvParam} (${this.compactedRv})`));
+        res.end();
+        return;
+      }
+      for (const ev of this.events) if (ev.rv > from && ev.ns === ns && matchesSelector(ev.object.metadata.labels, selector)) send(ev.type, ev.object);
+    }
+    const w: Watcher = { ns, selector, res };
+    this.watchers.add(w);
+    const drop = () => this.watchers.delete(w);
+    req.on('close', drop);
+    res.on('close', drop);
+    if (query.timeoutSeconds) {
+      this.later(() => {
+        drop();
+        res.end();
+      }, Number(query.timeoutSeconds) * 1000);
+    }
+  }
+
+  private log(ns: string, name: string, query: Record<string, string>, req: http.IncomingMessage, res: http.ServerResponse): void {
+    const key = `${ns}/${name}`;
+    const p = this.pods.get(key);
+    if (!p) return this.send(res, 404, status(404, 'NotFound', `pods "${name}" not found`));
+    const container = query.container ?? p.spec.containers[0].name;
+    const st = (p.status?.containerStatuses ?? []).find((c) => c.name === container);
+    if (!st || st.state.waiting) {
+      return this.send(res, 400, status(400, 'BadRequest', `container "${container}" in pod "${name}" is waiting to start: ${st?.state.waiting?.reason ?? 'ContainerCreating'}`));
+    }
+    res.writeHead(200, { 'content-type': 'text/plain', 'transfer-encoding': 'chunked' });
+    let text = this.logs.get(key) ?? '';
+    if (query.tailLines !== undefined) {
+      const n = Number(query.tailLines);
+      const lines = text.split('\n');
+      const trailing = text.endsWith('\n');
+      const body = trailing ? lines.slice(0, -1) : lines;
+      text = n === 0 ? '' : body.slice(-n).join('\n') + (trailing && n > 0 ? '\n' : '');
+    }
+    if (text) res.write(text);
+    const ended = p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed';
+    if (query.follow !== 'true' || ended) {
+      res.end();
+      return;
+    }
+    let set = this.logFollowers.get(key);
+    if (!set) this.logFollowers.set(key, (set = new Set()));
+    set.add(res);
+    const drop = () => set?.delete(res);
+    req.on('close', drop);
+    res.on('close', drop);
+  }
+
+  private endLogFollowers(key: string): void {
+    for (const r of this.logFollowers.get(key) ?? []) r.end();
+    this.logFollowers.delete(key);
+  }
+
+  private upgrade(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
+    const url = new URL(req.url ?? '/', 'http://standin');
+    this.requests.push({ method: 'UPGRADE', path: url.pathname, query: Object.fromEntries(url.searchParams.entries()) });
+    const refuse = (code: number, body: unknown) => {
+      const data = JSON.stringify(body);
+      socket.end(`HTTP/1.1 ${code} ${http.STATUS_CODES[code]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(data)}\r\nconnection: close\r\n\r\n${data}`);
+    };
+    if (!this.authorized(req)) return refuse(401, status(401, 'Unauthorized', 'Unauthorized'));
+    const m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/attach$/.exec(url.pathname);
+    if (!m) return refuse(404, status(404, 'NotFound', 'the server could not find the requested resource'));
+    const ns = decodeURIComponent(m[1]);
+    const name = decodeURIComponent(m[2]);
+    const p = this.pods.get(`${ns}/${name}`);
+    if (!p) return refuse(404, status(404, 'NotFound', `pods "${name}" not found`));
+    const container = url.searchParams.get('container') ?? p.spec.containers[0].name;
+    const st = (p.status?.containerStatuses ?? []).find((c) => c.name === container);
+    if (!st?.state.running) return refuse(400, status(400, 'BadRequest', `unable to upgrade connection: container ${container} not found in pod ${name}, or not running`));
+    const tty = url.searchParams.get('tty');
+    const stderr = url.searchParams.get('stderr');
+    if ((tty === 'true' || tty === '1') && (stderr === 'true' || stderr === '1')) {
+      // kubelet ignores stderr with a tty; the stand-in is stricter so the client's query is checked.
+      return refuse(400, status(400, 'BadRequest', 'stderr must be false when tty is true (stand-in check)'));
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      const conn: AttachConn = { ws, protocol: ws.protocol || 'channel.k8s.io' };
+      this.attachProtocols.push(conn.protocol);
+      let set = this.attaches.get(name);
+      if (!set) this.attaches.set(name, (set = new Set()));
+      set.add(conn);
+      ws.on('close', () => set?.delete(conn));
+      ws.on('message', (raw, isBinary) => {
+        const buf = Buffer.isBuffer(raw) ? raw : Array.isArray(raw) ? Buffer.concat(raw) : Buffer.from(raw);
+        if (!isBinary || buf.length === 0) return;
+        const channel = buf[0];
+        const payload = buf.subarray(1);
+        if (channel === 0) {
+          const arr = this.stdin.get(name) ?? [];
+          arr.push(Buffer.from(payload));
+          this.stdin.set(name, arr);
+          // A tty echoes input back.
+          ws.send(Buffer.concat([Buffer.from([1]), payload]));
+        } else if (channel === 4) {
+          const arr = this.resizes.get(name) ?? [];
+          arr.push(JSON.parse(payload.toString('utf8')) as { Width: number; Height: number });
+          this.resizes.set(name, arr);
+        }
+      });
+    });
+  }
+}
+
+function cs(c: { name: string; image?: string }, state: ContainerState, ready: boolean): ContainerStatus {
+  return { name: c.name, image: c.image ?? '', imageID: '', ready, restartCount: 0, started: !!state.running, state };
+}
