@@ -223,7 +223,7 @@ in
           RestartSec = "15s";
           PrivateTmp = true;
           UMask = "0077";
-        } // lib.optionalAttrs cfg.ghcrSecret.enable {
+        } // lib.optionalAttrs (cfg.ghcrSecret.enable && cfg.ghcrSecret.tokenFile != null) {
           LoadCredential = [ "ghcr-token:${cfg.ghcrSecret.tokenFile}" ];
         };
       };

@@ -1,0 +1,184 @@
+// The mapping from services.loom-server settings to loom-server's environment
+// (nixos-modules/lib/env.nix), evaluated with nix-instantiate: the exact environment for the
+// defaults and for a sample with every option set, and its agreement with the TypeScript loader.
+import t from 'tap';
+import { VARIABLES, loadConfig } from '../../src/server/config/load.js';
+import { CANNOT_RUN_HERE, nixEval, nixEvalError, requireNix } from './nix.js';
+
+t.comment(requireNix());
+t.comment(CANNOT_RUN_HERE);
+
+const ENV = 'import (REPO + "/nixos-modules/lib/env.nix") { }';
+const toEnv = (settings: unknown): Record<string, string> =>
+  nixEval(`(${ENV}).toEnv (builtins.fromJSON ${JSON.stringify(JSON.stringify(settings))})`);
+
+// Every option of the table set to a value other than its default.
+export const FULL_SAMPLE = {
+  listenAddress: '0.0.0.0:8443',
+  dataDir: '/srv/loom',
+  logLevel: 'debug',
+  publicUrl: 'https://loom.example.com',
+  sessionIdleDays: 7,
+  weaver: {
+    enable: false,
+    backend: 'kubernetes',
+    runtime: 'runc',
+    network: 'slirp4netns',
+    defaultImage: 'ghcr.io/acme/weaver:1',
+    defaultCpu: '500m',
+    defaultMemory: '2Gi',
+    namespace: 'weavers-prod',
+    kubeconfigPath: '/etc/rancher/k3s/k3s.yaml',
+    cleanupIntervalSecs: 600,
+    defaultTtlHours: 2.5,
+    maxTtlHours: 72,
+    maxConcurrent: 8,
+    readyTimeoutSecs: 120,
+    imagePullSecrets: ['ghcr-secret', 'quay-secret'],
+    audit: {
+      enable: true,
+      image: 'ghcr.io/acme/audit:1',
+      batchIntervalMs: 250,
+      bufferMaxBytes: 1073741824,
+      metricsPort: 9190,
+      healthPort: 9191,
+    },
+  },
+  branching: { gcIntervalSecs: 300 },
+};
+
+const FULL_ENV = {
+  LOOM_HTTP_ADDR: '0.0.0.0:8443',
+  LOOM_DATA_DIR: '/srv/loom',
+  LOOM_LOG_LEVEL: 'debug',
+  LOOM_PUBLIC_URL: 'https://loom.example.com',
+  LOOM_SESSION_IDLE_DAYS: '7',
+  LOOM_SERVER_WEAVER_ENABLED: 'false',
+  LOOM_SERVER_WEAVER_BACKEND: 'kubernetes',
+  LOOM_SERVER_WEAVER_RUNTIME: 'runc',
+  LOOM_SERVER_WEAVER_NETWORK: 'slirp4netns',
+  LOOM_SERVER_WEAVER_DEFAULT_IMAGE: 'ghcr.io/acme/weaver:1',
+  LOOM_SERVER_WEAVER_DEFAULT_CPU: '500m',
+  LOOM_SERVER_WEAVER_DEFAULT_MEMORY: '2Gi',
+  LOOM_SERVER_WEAVER_K8S_NAMESPACE: 'weavers-prod',
+  KUBECONFIG: '/etc/rancher/k3s/k3s.yaml',
+  LOOM_SERVER_WEAVER_CLEANUP_INTERVAL_SECS: '600',
+  LOOM_SERVER_WEAVER_DEFAULT_TTL_HOURS: '2.5',
+  LOOM_SERVER_WEAVER_MAX_TTL_HOURS: '72',
+  LOOM_SERVER_WEAVER_MAX_CONCURRENT: '8',
+  LOOM_SERVER_WEAVER_READY_TIMEOUT_SECS: '120',
+  LOOM_SERVER_WEAVER_IMAGE_PULL_SECRETS: 'ghcr-secret,quay-secret',
+  LOOM_SERVER_WEAVER_AUDIT_ENABLED: 'true',
+  LOOM_SERVER_WEAVER_AUDIT_IMAGE: 'ghcr.io/acme/audit:1',
+  LOOM_SERVER_WEAVER_AUDIT_BATCH_INTERVAL_MS: '250',
+  LOOM_SERVER_WEAVER_AUDIT_BUFFER_MAX_BYTES: '1073741824',
+  LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT: '9190',
+  LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT: '9191',
+  LOOM_BRANCHING_GC_INTERVAL_SECS: '300',
+};
+
+const DEFAULT_ENV = {
+  LOOM_HTTP_ADDR: '127.0.0.1:18090',
+  LOOM_DATA_DIR: './data',
+  LOOM_LOG_LEVEL: 'info',
+  LOOM_SESSION_IDLE_DAYS: '30',
+  LOOM_SERVER_WEAVER_ENABLED: 'true',
+  LOOM_SERVER_WEAVER_BACKEND: 'local',
+  LOOM_SERVER_WEAVER_RUNTIME: 'auto',
+  LOOM_SERVER_WEAVER_NETWORK: 'loopback',
+  LOOM_SERVER_WEAVER_DEFAULT_CPU: '1',
+  LOOM_SERVER_WEAVER_DEFAULT_MEMORY: '1Gi',
+  LOOM_SERVER_WEAVER_K8S_NAMESPACE: 'loom-weavers',
+  LOOM_SERVER_WEAVER_CLEANUP_INTERVAL_SECS: '1800',
+  LOOM_SERVER_WEAVER_DEFAULT_TTL_HOURS: '4',
+  LOOM_SERVER_WEAVER_MAX_TTL_HOURS: '48',
+  LOOM_SERVER_WEAVER_MAX_CONCURRENT: '64',
+  LOOM_SERVER_WEAVER_READY_TIMEOUT_SECS: '60',
+  LOOM_SERVER_WEAVER_AUDIT_ENABLED: 'false',
+  LOOM_SERVER_WEAVER_AUDIT_BATCH_INTERVAL_MS: '100',
+  LOOM_SERVER_WEAVER_AUDIT_BUFFER_MAX_BYTES: '268435456',
+  LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT: '9090',
+  LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT: '9091',
+  LOOM_BRANCHING_GC_INTERVAL_SECS: '60',
+};
+
+const mapped = VARIABLES.filter((v) => v.option !== null);
+
+t.test('defaults: the exact environment', async (t) => {
+  t.same(toEnv({}), DEFAULT_ENV);
+  // Unset optional strings (publicUrl, defaultImage, kubeconfigPath, audit.image) and the empty
+  // imagePullSecrets list are omitted.
+  for (const name of ['LOOM_PUBLIC_URL', 'LOOM_SERVER_WEAVER_DEFAULT_IMAGE', 'KUBECONFIG', 'LOOM_SERVER_WEAVER_AUDIT_IMAGE', 'LOOM_SERVER_WEAVER_IMAGE_PULL_SECRETS']) {
+    t.notOk(name in toEnv({}), `${name} omitted`);
+  }
+});
+
+t.test('explicit nulls and empty values are omitted like unset ones', async (t) => {
+  t.same(
+    toEnv({ publicUrl: null, weaver: { kubeconfigPath: null, defaultImage: '', imagePullSecrets: [], audit: { image: null } } }),
+    DEFAULT_ENV,
+  );
+});
+
+t.test('a full sample with every option set: the exact environment', async (t) => {
+  t.same(toEnv(FULL_SAMPLE), FULL_ENV);
+});
+
+t.test('the mapping is total over the table', async (t) => {
+  // The full sample sets every option: every table entry with an option path must appear, so a
+  // new entry in variables.json fails here until the sample (and the module) cover it.
+  t.same(Object.keys(toEnv(FULL_SAMPLE)).sort(), mapped.map((v) => v.name).sort());
+  const paths = nixEval<string[]>(`(${ENV}).optionPaths`);
+  t.same(paths.sort(), mapped.map((v) => v.option).sort());
+  // Every variable the full sample emits differs from its default (non-default sample).
+  const def = toEnv({});
+  for (const [k, v] of Object.entries(FULL_ENV)) t.not(def[k], v, `${k} non-default`);
+});
+
+t.test('the TypeScript loader reads back what Nix writes', async (t) => {
+  const cfg = loadConfig(toEnv(FULL_SAMPLE));
+  t.equal(cfg.httpHost, '0.0.0.0');
+  t.equal(cfg.httpPort, 8443);
+  t.equal(cfg.dataDir, '/srv/loom');
+  t.equal(cfg.publicUrl, 'https://loom.example.com');
+  t.equal(cfg.sessionIdleDays, 7);
+  t.equal(cfg.weaver.enabled, false);
+  t.equal(cfg.weaver.backend, 'kubernetes');
+  t.equal(cfg.weaver.kubeconfig, '/etc/rancher/k3s/k3s.yaml');
+  t.equal(cfg.weaver.defaultTtlHours, 2.5);
+  t.same(cfg.weaver.imagePullSecrets, ['ghcr-secret', 'quay-secret']);
+  t.equal(cfg.weaver.audit.bufferMaxBytes, 1073741824);
+  t.equal(cfg.branching.gcIntervalSecs, 300);
+  // Defaults: the environment Nix writes for empty settings gives the loader's own defaults.
+  t.same(loadConfig(toEnv({})), loadConfig({}));
+});
+
+t.test('option defaults tree mirrors the table', async (t) => {
+  const defaults = nixEval<Record<string, unknown>>(`(${ENV}).defaults`);
+  for (const v of mapped) {
+    const got = v.option!.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown>)[k], defaults);
+    const optional = (v.type === 'string' || v.type === 'path') && v.default === '';
+    t.same(got, optional ? null : v.default, `${v.option}`);
+  }
+});
+
+t.test('wrong values fail evaluation naming the option and the variable', async (t) => {
+  const cases: Array<[unknown, RegExp]> = [
+    [{ sessionIdleDays: 0 }, /services\.loom-server\.sessionIdleDays \(LOOM_SESSION_IDLE_DAYS\): expected an int in 1\.\.365/],
+    [{ weaver: { maxConcurrent: 1.5 } }, /weaver\.maxConcurrent .*expected an int/],
+    [{ weaver: { backend: 'docker' } }, /LOOM_SERVER_WEAVER_BACKEND.*one of local, kubernetes/],
+    [{ weaver: { enable: 'yes' } }, /LOOM_SERVER_WEAVER_ENABLED.*a bool/],
+    [{ weaver: { defaultTtlHours: 0 } }, /LOOM_SERVER_WEAVER_DEFAULT_TTL_HOURS.*a number/],
+    [{ weaver: { imagePullSecrets: 'a,b' } }, /LOOM_SERVER_WEAVER_IMAGE_PULL_SECRETS.*a list of strings/],
+    [{ weaver: { namespace: 'Bad_NS' } }, /LOOM_SERVER_WEAVER_K8S_NAMESPACE.*matching/],
+    [{ listenAddress: null }, /LOOM_HTTP_ADDR/],
+  ];
+  for (const [settings, re] of cases) {
+    t.match(nixEvalError(`(${ENV}).toEnv (builtins.fromJSON ${JSON.stringify(JSON.stringify(settings))})`), re, JSON.stringify(settings));
+  }
+});
+
+t.test('portOf', async (t) => {
+  t.equal(nixEval(`(${ENV}).portOf "127.0.0.1:18090"`), 18090);
+  t.equal(nixEval(`(${ENV}).portOf "[::1]:443"`), 443);
+});

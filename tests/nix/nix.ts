@@ -1,0 +1,88 @@
+// Helpers for the Nix tests: run Debian's nix-instantiate (nix-bin) on pure expressions.
+// No nixpkgs, no daemon, no store: `--store dummy://` and a private state dir, so it works on a
+// fresh machine where /nix does not exist.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export const CANNOT_RUN_HERE =
+  '`nix build` and `nix flake check` cannot run on this machine (no nixpkgs): the flake, the packages, ' +
+  'the images and the NixOS VM test are checked by parsing here and are built by `nix flake check` ' +
+  'on a machine with Nix and nixpkgs. The pure Nix functions (env mapping, option types, unit, k3s flags) ' +
+  'and the modules (with a stand-in lib) are evaluated here with nix-instantiate.';
+
+let sandbox: string | undefined;
+function nixEnv(): NodeJS.ProcessEnv {
+  sandbox ??= mkdtempSync(join(tmpdir(), 'loom-nix-'));
+  return {
+    PATH: process.env.PATH,
+    HOME: join(sandbox, 'home'),
+    NIX_STATE_DIR: join(sandbox, 'state'),
+    NIX_LOG_DIR: join(sandbox, 'log'),
+    XDG_CACHE_HOME: join(sandbox, 'cache'),
+  };
+}
+
+/** Throws a clear error when nix-instantiate is missing (CI installs Debian's nix-bin). */
+export function requireNix(): string {
+  try {
+    return execFileSync('nix-instantiate', ['--version'], { env: nixEnv(), encoding: 'utf8' }).trim();
+  } catch (err) {
+    throw new Error(
+      'nix-instantiate is not installed: `apt-get install -y nix-bin` (Debian) is needed for the Nix tests. ' +
+        String((err as Error).message),
+    );
+  }
+}
+
+function run(args: string[]): string {
+  try {
+    return execFileSync('nix-instantiate', ['--store', 'dummy://', ...args], {
+      env: nixEnv(),
+      cwd: REPO,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`nix-instantiate ${args.join(' ')} failed:\n${e.stderr ?? e.message}`);
+  }
+}
+
+/** Parses a .nix file; throws with nix's message on a syntax error. */
+export function nixParse(file: string): void {
+  run(['--parse', file]);
+}
+
+/** Evaluates an expression (with REPO bound to the repository path) strictly, returns its JSON. */
+export function nixEval<T = unknown>(expr: string): T {
+  const wrapped = `let REPO = ${REPO}; in ${expr}`;
+  return JSON.parse(run(['--eval', '--strict', '--json', '-E', wrapped])) as T;
+}
+
+/** Evaluates an expression that must fail; returns nix's error output. */
+export function nixEvalError(expr: string): string {
+  try {
+    nixEval(expr);
+  } catch (err) {
+    return (err as Error).message;
+  }
+  throw new Error(`expected evaluation to fail: ${expr}`);
+}
+
+/** Every .nix file of the repository (outside node_modules and .git). */
+export function nixFiles(dir = REPO): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync(dir)) {
+    if (name === 'node_modules' || name === '.git' || name === 'dist' || name === 'data') continue;
+    const p = join(dir, name);
+    const st = statSync(p);
+    if (st.isDirectory()) out.push(...nixFiles(p));
+    else if (name.endsWith('.nix')) out.push(p);
+  }
+  return out.sort();
+}
