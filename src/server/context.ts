@@ -18,5 +18,7 @@ export interface AppContext {
   device: DeviceFlow;
   orgs: OrgService;
   /** Components report their state into /health (database, weaver backend, …). */
+  /** The URL users reach the server at (LOOM_PUBLIC_URL, else the bound address); set once listening. */
+  baseUrl: string;
   healthChecks: Map<string, () => Promise<{ ok: boolean; detail: string }>>;
 }

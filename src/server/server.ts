@@ -34,6 +34,7 @@ export function openCore(config: Config, log: Logger, components: ServerComponen
     tokens,
     users: new UserService(db, orgs),
     device: new DeviceFlow(db, tokens),
+    baseUrl: config.publicUrl || `http://${config.httpHost}:${config.httpPort}`,
     healthChecks: new Map(),
   };
   return { ctx, close: () => db.close() };
@@ -86,6 +87,7 @@ export async function startServer(config: Config = loadConfig(), log: Logger = c
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : config.httpPort;
   const url = `http://${config.httpHost.includes(':') ? `[${config.httpHost}]` : config.httpHost}:${port}`;
+  if (!config.publicUrl) ctx.baseUrl = url;
   log.info({ url, dataDir: config.dataDir, backend: config.weaver.enabled ? config.weaver.backend : 'disabled' }, 'loom-server listening');
   let stopping: Promise<void> | null = null;
   const stop = () =>

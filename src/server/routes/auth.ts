@@ -7,7 +7,7 @@ const Strict = { additionalProperties: false } as const;
 
 /** Device login (RFC 8628 style) and token management. */
 export const authRoutes: FastifyPluginAsync<{ ctx: AppContext }> = async (app, { ctx }) => {
-  const base = () => ctx.config.publicUrl || `http://${ctx.config.httpHost.includes(':') ? `[${ctx.config.httpHost}]` : ctx.config.httpHost}:${ctx.config.httpPort}`;
+  const base = () => ctx.baseUrl.replace(/\/+$/, '');
 
   app.post('/auth/device/start', { schema: { body: Type.Optional(Type.Object({}, Strict)) } }, async () => {
     const s = ctx.device.start();
