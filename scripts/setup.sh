@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything Loom needs on Debian 12 with Node 20 (as root): system packages, npm
+# dependencies, the native addons and the TypeScript build. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (it installs Debian packages and the local backend runs containers as root)" >&2
+  exit 1
+fi
+
+mapfile -t pkgs < <(grep -v '^\s*#' scripts/apt-packages.txt | grep -v '^\s*$')
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm ci compiles better-sqlite3, argon2 and native/ from source (.npmrc: build-from-source)
+# and builds dist/ (the prepare script).
+npm ci --no-audit --no-fund
+echo "setup.sh: done. Start the server with: npm start" >&2
