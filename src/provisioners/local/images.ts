@@ -56,9 +56,12 @@ interface OciManifest {
 
 const REF_ANNOTATION = 'org.opencontainers.image.ref.name';
 
-/** "busybox" → "busybox:latest"; keeps tags and digests. */
+/**
+ * "busybox" → "busybox:latest"; "docker.io/library/busybox:1" → "busybox:1" (Docker's familiar
+ * form, so names recorded by `docker save` match what users type); keeps tags and digests.
+ */
 export function normalizeRef(ref: string): string {
-  const r = ref.trim();
+  const r = ref.trim().replace(/^(?:docker\.io|index\.docker\.io)\/(?:library\/)?/, '');
   if (r.includes('@')) return r;
   const lastSlash = r.lastIndexOf('/');
   return r.slice(lastSlash + 1).includes(':') ? r : `${r}:latest`;
