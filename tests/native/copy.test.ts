@@ -2,7 +2,7 @@
 // Needs root and the packages btrfs-progs and xfsprogs (e2fsprogs for ext4); python3 for xattrs.
 import { existsSync, lstatSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 
 import { LoomError } from '../../src/common/errors.js';
 import { copyTree, createSubvolume, isSubvolume, removeTree, type CopyResult } from '../../src/branching/copy.js';
@@ -18,7 +18,7 @@ function expectedCounts(t: Tap, r: CopyResult): void {
   t.equal(r.specials, 2, 'specials');
   t.equal(r.dirs, 8, 'dirs (root included)');
 }
-type Tap = typeof t;
+type Tap = Test;
 
 /** The rejection of p (fails the test if p resolves). */
 async function rejection(t: Tap, p: Promise<unknown>): Promise<LoomError> {
@@ -33,8 +33,8 @@ async function rejection(t: Tap, p: Promise<unknown>): Promise<LoomError> {
 }
 
 async function cloneCase(t: Tap, kind: FsKind, opts: { subvolume?: boolean; expect: string }) {
-  if (!isRoot) return t.skip('needs root');
-  if (!haveTool(MKFS[kind])) return t.skip(`${MKFS[kind]} missing`);
+  if (!isRoot) return t.plan(0, 'needs root');
+  if (!haveTool(MKFS[kind])) return t.plan(0, `${MKFS[kind]} missing`);
   const mnt = loopFs(t, kind);
   const outside = join(mnt, 'outside-target');
   writeFileSync(outside, 'outside\n');
@@ -66,7 +66,7 @@ t.test('xfs: reflink', (t) => cloneCase(t, 'xfs', { expect: 'reflink' }));
 t.test('ext4: copy', (t) => cloneCase(t, 'ext4', { expect: 'copy' }));
 
 t.test('forced strategies', async (t) => {
-  if (!isRoot || !haveTool('mkfs.btrfs')) return t.skip('needs root and btrfs-progs');
+  if (!isRoot || !haveTool('mkfs.btrfs')) return t.plan(0, 'needs root and btrfs-progs');
   const mnt = loopFs(t, 'btrfs', 512);
   const src = join(mnt, 'src');
   await createSubvolume(src);
@@ -93,7 +93,7 @@ t.test('forced strategies', async (t) => {
 });
 
 t.test('forced reflink on ext4 fails and leaves no dest', async (t) => {
-  if (!isRoot) return t.skip('needs root');
+  if (!isRoot) return t.plan(0, 'needs root');
   const mnt = loopFs(t, 'ext4', 256);
   const src = join(mnt, 'src');
   mkdirSync(join(src, 'a'), { recursive: true });
@@ -106,7 +106,7 @@ t.test('forced reflink on ext4 fails and leaves no dest', async (t) => {
 });
 
 t.test('a copy that fails midway (destination full) leaves no dest', async (t) => {
-  if (!isRoot) return t.skip('needs root');
+  if (!isRoot) return t.plan(0, 'needs root');
   const base = tempDir(t);
   const src = join(base, 'src');
   mkdirSync(join(src, 'x', 'y'), { recursive: true });
@@ -121,7 +121,7 @@ t.test('a copy that fails midway (destination full) leaves no dest', async (t) =
 });
 
 t.test('cancellation', async (t) => {
-  if (!isRoot) return t.skip('needs root');
+  if (!isRoot) return t.plan(0, 'needs root');
   const mnt = loopFs(t, 'ext4', 256);
   const src = join(mnt, 'src');
   buildManyFiles(src, 3000);

@@ -1,7 +1,7 @@
 // fsInfo / fsType and isSubvolume on loop filesystems made here (needs root, btrfs-progs, xfsprogs).
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 
 import { LoomError } from '../../src/common/errors.js';
 import { createSubvolume, fsType, isSubvolume, nativeAddon } from '../../src/branching/copy.js';
@@ -11,7 +11,7 @@ const isRoot = process.getuid?.() === 0;
 
 for (const kind of ['btrfs', 'xfs', 'ext4'] as FsKind[]) {
   t.test(`fsType on ${kind}`, async (t) => {
-    if (!isRoot || !haveTool(MKFS[kind])) return t.skip(`needs root and ${MKFS[kind]}`);
+    if (!isRoot || !haveTool(MKFS[kind])) return t.plan(0, `needs root and ${MKFS[kind]}`);
     const mnt = loopFs(t, kind, kind === 'xfs' ? 320 : 256);
     t.equal(fsType(mnt), kind);
     t.equal(nativeAddon().fsInfo(mnt).type, kind);
