@@ -59,7 +59,7 @@ async function floor(rootfs: string): Promise<number> {
   await fsp.mkdir(bundle, { recursive: true });
   const t0 = performance.now();
   const cfg = buildOciSpec({ rootfs, readonlyRootfs: true, args: ['/bin/sh', '-c', 'sleep 1000'], env: {}, cwd: '/', uid: 1000, gid: 1000,
-    terminal: false, hostname: 'floor', cgroupsPath: `/loom-floor/${id}`, cpu: '1', memory: '256Mi' });
+    terminal: false, hostname: 'floor', cgroupsPath: `/loom/${id}`, cpu: '1', memory: '256Mi' });
   await fsp.writeFile(join(bundle, 'config.json'), JSON.stringify(cfg));
   const fd = openSync('/dev/null', 'w');
   if ((await runc(['--root', root, 'create', '--bundle', bundle, id], fd)) !== 0) throw new Error('runc create failed');

@@ -69,6 +69,12 @@ t.test('weaver lifecycle: pending → running, attach, resize, detach, reattach,
   t.equal(lim.memory, 256 * 1024 * 1024, 'memory limit');
   t.equal(lim.cpuQuota, 50_000, 'cpu quota 500m');
   t.equal(lim.cpuPeriod, 100_000);
+  // pause/resume (cgroup freezer), as the branching feature uses them
+  await p.containerRuntime.pause(spec.id);
+  t.equal((await p.containerRuntime.state(spec.id))?.status, 'paused');
+  t.equal((await p.get(spec.id))?.status, 'running', 'a paused weaver still reports running');
+  await p.containerRuntime.resume(spec.id);
+  t.equal((await p.containerRuntime.state(spec.id))?.status, 'running');
   // own pid namespace: the shell is pid 1
   mark = a.out.length;
   a.send('echo pid=$$\n');

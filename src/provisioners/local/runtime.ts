@@ -108,7 +108,7 @@ async function probeRuntime(path: string, dir: string): Promise<void> {
   const id = `loom-probe-${process.pid}-${Date.now()}`;
   const spec = buildOciSpec({
     rootfs: join(bundle, 'rootfs'), args: ['/probe'], env: {}, cwd: '/', uid: 0, gid: 0, terminal: false,
-    hostname: 'probe', cgroupsPath: `/loom-probe/${id}`, memory: '64Mi', cpu: '100m',
+    hostname: 'probe', cgroupsPath: `/loom/${id}`, memory: '64Mi', cpu: '100m',
   });
   await fsp.writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
   const errFile = join(dir, 'stderr');
