@@ -47,9 +47,14 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
-/** Loads the components the configuration asks for. */
-export async function loadComponents(_config: Config, _log: Logger): Promise<ServerComponent[]> {
-  return [];
+/** Loads the components the configuration asks for; a disabled part costs nothing. */
+export async function loadComponents(config: Config, log: Logger): Promise<ServerComponent[]> {
+  const components: ServerComponent[] = [];
+  if (config.weaver.enabled) {
+    const { weaverComponent } = await import('../weaver/component.js');
+    components.push(await weaverComponent(config, log));
+  }
+  return components;
 }
 
 export async function startServer(config: Config = loadConfig(), log: Logger = createLogger(config.logLevel)): Promise<RunningServer> {

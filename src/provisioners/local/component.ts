@@ -1,0 +1,68 @@
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Type } from '@sinclair/typebox';
+import type { Config } from '../../server/config/load.js';
+import type { Logger } from '../../common/log.js';
+import { forbidden } from '../../common/errors.js';
+import { principal } from '../../server/http/auth.js';
+import type { BackendHandle } from '../../weaver/component.js';
+import { LocalProvisioner } from './provisioner.js';
+import { DEFAULT_LOCAL_IMAGE } from './default-image.js';
+import type { ImageStore } from './images.js';
+
+const IMAGE_UPLOAD_LIMIT = 16 * 1024 * 1024 * 1024;
+
+/** The local backend with its image-store routes: GET /api/images, POST /api/images (admins). */
+export function localBackend(config: Config, log: Logger): BackendHandle {
+  const provisioner = new LocalProvisioner({
+    dataDir: config.dataDir,
+    log,
+    runtime: config.weaver.runtime,
+    network: config.weaver.network,
+    defaultCpu: config.weaver.defaultCpu,
+    defaultMemory: config.weaver.defaultMemory,
+  });
+  return {
+    provisioner,
+    defaultImage: DEFAULT_LOCAL_IMAGE,
+    async registerApi(api) {
+      await registerImageRoutes(api, provisioner.images, join(config.dataDir, 'local', 'tmp'));
+    },
+  };
+}
+
+async function registerImageRoutes(api: Parameters<NonNullable<BackendHandle['registerApi']>>[0], images: ImageStore, tmpRoot: string): Promise<void> {
+  api.get('/api/images', async () => {
+    const list = await images.list();
+    return { images: list, count: list.length };
+  });
+
+  // The body is the image archive itself (OCI archive or docker-archive tar), streamed to disk.
+  api.register(async (scoped) => {
+    scoped.addContentTypeParser(['application/x-tar', 'application/octet-stream'], (_req, payload, done) => done(null, payload));
+    scoped.post(
+      '/api/images',
+      {
+        bodyLimit: IMAGE_UPLOAD_LIMIT,
+        schema: { querystring: Type.Object({ name: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) }, { additionalProperties: false }) },
+      },
+      async (req, reply) => {
+        if (!principal(req).user.is_admin) throw forbidden('importing images needs a server admin (the image store is shared by every org)');
+        const { mkdir } = await import('node:fs/promises');
+        await mkdir(tmpRoot, { recursive: true });
+        const dir = await mkdtemp(join(tmpRoot, 'upload-'));
+        try {
+          const file = join(dir, 'image.tar');
+          await pipeline(req.body as NodeJS.ReadableStream, createWriteStream(file));
+          const name = (req.query as { name?: string }).name;
+          const img = await images.import(file, name);
+          return reply.status(201).send(img);
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      },
+    );
+  });
+}
