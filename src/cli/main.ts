@@ -4,6 +4,8 @@ import { CliError } from './client.js';
 import { DEFAULT_SERVER_URL } from './context.js';
 import { registerAuthCommands } from './auth.js';
 import { registerOrgCommands } from './org.js';
+import { registerWeaverCommands } from './weaver.js';
+import { registerImageCommands } from './image.js';
 
 const program = new Command('loom')
   .description('Loom: disposable development environments (weavers) and near-instant state branching')
@@ -14,6 +16,8 @@ const program = new Command('loom')
 
 registerAuthCommands(program);
 registerOrgCommands(program);
+registerWeaverCommands(program);
+registerImageCommands(program);
 
 function fail(message: string, code = 1): never {
   process.stderr.write(`loom: ${message}\n`);
