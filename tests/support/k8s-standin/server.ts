@@ -164,6 +164,8 @@ export class K8sStandin {
   failNextCreateAfterStore = false;
   /** Pods allowed in each namespace (a ResourceQuota on pods); undefined = unlimited. */
   podQuota: number | undefined;
+  /** Watches answered with 410 Gone. */
+  gone410 = 0;
 
   private readonly server: http.Server;
   private readonly wss = new WebSocketServer({ noServer: true, handleProtocols: (protocols) => this.pickProtocol(protocols) });
@@ -265,7 +267,13 @@ export class K8sStandin {
     this.store(ns, pod);
   }
 
-  /** Moves a pod's main container (and phase) to a state. */
+  /** Deletes a pod as someone else would (kubectl delete), outside the backend. */
+  deletePod(name: string, ns = 'loom-weavers'): void {
+    const p = this.pods.get(`${ns}/${name}`);
+    if (p) this.remove(ns, name, p);
+  }
+
+  /** Applies a change to a stored pod and emits MODIFIED with a new resourceVersion. */
   update(name: string, mutate: (pod: JsonPod) => void, ns = 'loom-weavers'): void {
     const key = `${ns}/${name}`;
     const p = this.pods.get(key);
@@ -374,9 +382,12 @@ export class K8sStandin {
     }
   }
 
-  /** Forgets watch history: watches resuming from an older resourceVersion get 410 Gone. */
+  /**
+   * Compaction: forgets the watch history up to now, so any watch resuming from a
+   * resourceVersion it knew before gets 410 Gone (as after an etcd compaction) and must relist.
+   */
   compact(): void {
-    this.compactedRv = this.rv;
+    this.compactedRv = ++this.rv;
     this.events = [];
   }
 
@@ -599,6 +610,8 @@ export class K8sStandin {
 
   private watch(ns: string, query: Record<string, string>, req: http.IncomingMessage, res: http.ServerResponse): void {
     res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
+    // Like the API server: headers go out at once, events follow as they happen.
+    res.flushHeaders();
     const selector = query.labelSelector ?? null;
     const rvParam = query.resourceVersion;
     const send = (type: string, object: unknown) => res.write(JSON.stringify({ type, object }) + '\n');
@@ -607,6 +620,7 @@ export class K8sStandin {
     } else {
       const from = Number(rvParam);
       if (!Number.isFinite(from) || from < this.compactedRv) {
+        this.gone410++;
         send('ERROR', status(410, 'Expired', `too old resource version: ${rvParam} (${this.compactedRv})`));
         res.end();
         return;
@@ -636,6 +650,7 @@ export class K8sStandin {
       return this.send(res, 400, status(400, 'BadRequest', `container "${container}" in pod "${name}" is waiting to start: ${st?.state.waiting?.reason ?? 'ContainerCreating'}`));
     }
     res.writeHead(200, { 'content-type': 'text/plain', 'transfer-encoding': 'chunked' });
+    res.flushHeaders();
     let text = this.logs.get(key) ?? '';
     if (query.tailLines !== undefined) {
       const n = Number(query.tailLines);
