@@ -54,6 +54,8 @@ export async function loadComponents(config: Config, log: Logger): Promise<Serve
     const { weaverComponent } = await import('../weaver/component.js');
     components.push(await weaverComponent(config, log));
   }
+  const { branchingComponent } = await import('../branching/component.js');
+  components.push(await branchingComponent(config, log));
   return components;
 }
 

@@ -49,7 +49,7 @@ export interface Config {
   publicUrl: string;
   sessionIdleDays: number;
   weaver: WeaverConfig;
-  branching: { gcIntervalSecs: number };
+  branching: { gcIntervalSecs: number; testDelayMs: number };
 }
 
 /** A configuration value that is wrong; the message is the one line the server prints before it stops. */
@@ -152,7 +152,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         healthPort: get<number>('LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT'),
       },
     },
-    branching: { gcIntervalSecs: get<number>('LOOM_BRANCHING_GC_INTERVAL_SECS') },
+    branching: { gcIntervalSecs: get<number>('LOOM_BRANCHING_GC_INTERVAL_SECS'), testDelayMs: get<number>('LOOM_BRANCHING_TEST_DELAY_MS') },
   };
   if (cfg.weaver.defaultTtlHours > cfg.weaver.maxTtlHours) {
     throw new ConfigError('LOOM_SERVER_WEAVER_DEFAULT_TTL_HOURS', `${cfg.weaver.defaultTtlHours} is over LOOM_SERVER_WEAVER_MAX_TTL_HOURS (${cfg.weaver.maxTtlHours})`);

@@ -1,0 +1,49 @@
+import type { Config } from '../server/config/load.js';
+import type { Logger } from '../common/log.js';
+import type { ServerComponent } from '../server/component.js';
+import { branchingMigrations } from './migrations.js';
+import { BranchingStore } from './store.js';
+import { OperationRunner } from './operations.js';
+import { ContainerHost } from './containers.js';
+import { BranchingService } from './service.js';
+import { SnapshotGc } from './gc.js';
+import { registerBranchingApi } from './routes.js';
+
+/** How many operations run at once; the rest wait queued. */
+const CONCURRENCY = 4;
+/** An operation running longer than this ends timed_out (its work is aborted and cleans up). */
+const OPERATION_TIMEOUT_MS = 30 * 60 * 1000;
+
+/** The branching API (containers, snapshots, fork/clone/resume, lineage, pins, operations) as a server component. */
+export async function branchingComponent(config: Config, log: Logger): Promise<ServerComponent> {
+  const blog = log.child({ component: 'branching' });
+  let svc: BranchingService | null = null;
+  let runner: OperationRunner | null = null;
+  let gc: SnapshotGc | null = null;
+  return {
+    name: 'branching',
+    migrations: branchingMigrations,
+    async start(ctx) {
+      const store = new BranchingStore(ctx.db);
+      const host = new ContainerHost(config.dataDir, blog, config.weaver.runtime);
+      await host.start();
+      runner = new OperationRunner(store, blog, { concurrency: CONCURRENCY, timeoutMs: OPERATION_TIMEOUT_MS });
+      svc = new BranchingService({ store, orgs: ctx.orgs, host, runner, log: blog, dataDir: config.dataDir, testDelayMs: config.branching.testDelayMs });
+      await svc.reconcile();
+      gc = new SnapshotGc(svc, config.branching.gcIntervalSecs, blog);
+      gc.start();
+      ctx.healthChecks.set('branching', async () => ({
+        ok: true,
+        detail: `runtime ${host.info ? `${host.info.name} ${host.info.version}` : 'unavailable'}, ${host.isBtrfs ? 'btrfs' : 'non-btrfs'} data dir, ${runner?.activeCount ?? 0} operations active`,
+      }));
+    },
+    async registerApi(api) {
+      if (!svc) throw new Error('branching component not started');
+      await registerBranchingApi(api, svc);
+    },
+    async stop() {
+      gc?.stop();
+      await runner?.stop();
+    },
+  };
+}

@@ -1,0 +1,229 @@
+/**
+ * Where branching state lives on disk and how a container is run.
+ *
+ * <dataDir>/branching/
+ *   containers/<id>/        the OCI bundle: config.json, conmon's files (ctr.log, pidfile, attach, …)
+ *   containers/<id>/vol/    the container's volume — a btrfs subvolume when the data dir is btrfs —
+ *        vol/rootfs/        holding its root filesystem
+ *   snapshots/<id>/         a snapshot: a copy (btrfs: a subvolume snapshot) of a volume, so
+ *        <id>/rootfs/       the same shape again
+ *   runc/                   the OCI runtime's --root (state of branching containers only)
+ *   exits/<id>              conmon exit files
+ *
+ * Every tree copy (registration, snapshot, clone, fork) goes through the copy primitive
+ * (copy.ts): on btrfs a snapshot of a volume is one subvolume-snapshot ioctl, elsewhere a
+ * reflink copy (XFS) or a plain copy (ext4).
+ */
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { LoomError, errorMessage } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import { ContainerRuntime, bundleFiles, detectRuntime, readPid, type RuntimeInfo } from '../provisioners/local/runtime.js';
+import { buildOciSpec } from '../provisioners/local/spec.js';
+import { copyTree, createSubvolume, fsType, removeTree, type CopyProgress, type CopyResult } from './copy.js';
+import type { ContainerRow } from './store.js';
+
+export const MEMORY_DOWNGRADE_NO_CRIU = 'memory_state: CRIU unavailable; filesystem state only';
+export const MEMORY_DOWNGRADE_NOT_IMPLEMENTED = 'memory_state: process checkpointing not implemented; filesystem state only';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function pidAlive(pid: number): Promise<boolean> {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export interface Layout {
+  root: string;
+  containers: string;
+  snapshots: string;
+  runc: string;
+  exits: string;
+  tmp: string;
+}
+
+export function layoutOf(dataDir: string): Layout {
+  const root = join(dataDir, 'branching');
+  return {
+    root,
+    containers: join(root, 'containers'),
+    snapshots: join(root, 'snapshots'),
+    runc: join(root, 'runc'),
+    exits: join(root, 'exits'),
+    tmp: join(root, 'tmp'),
+  };
+}
+
+export class ContainerHost {
+  readonly layout: Layout;
+  private runtime: ContainerRuntime | null = null;
+  private runtimeError: string | null = null;
+  private btrfs = false;
+  /** The downgrade every snapshot reports (memory state is never captured). */
+  memoryDowngrade = MEMORY_DOWNGRADE_NO_CRIU;
+  info: RuntimeInfo | null = null;
+
+  constructor(
+    readonly dataDir: string,
+    private readonly log: Logger,
+    private readonly runtimePref: 'auto' | 'runc' | 'crun',
+  ) {
+    this.layout = layoutOf(dataDir);
+  }
+
+  async start(): Promise<void> {
+    for (const d of [this.layout.root, this.layout.containers, this.layout.snapshots, this.layout.runc, this.layout.exits, this.layout.tmp]) await fsp.mkdir(d, { recursive: true });
+    try {
+      this.btrfs = fsType(this.layout.root) === 'btrfs';
+    } catch (e) {
+      this.log.warn({ err: errorMessage(e) }, 'cannot determine the data dir filesystem');
+    }
+    try {
+      this.info = await detectRuntime(this.runtimePref, this.layout.tmp);
+      this.runtime = new ContainerRuntime(this.info, this.layout.runc);
+    } catch (e) {
+      this.runtimeError = errorMessage(e);
+      this.log.warn({ err: this.runtimeError }, 'branching: no OCI runtime; containers cannot run (snapshots still work)');
+    }
+    this.memoryDowngrade = (await criuWorks()) ? MEMORY_DOWNGRADE_NOT_IMPLEMENTED : MEMORY_DOWNGRADE_NO_CRIU;
+    this.log.info({ runtime: this.info?.name ?? null, btrfs: this.btrfs, memory: this.memoryDowngrade }, 'branching ready');
+  }
+
+  get isBtrfs(): boolean {
+    return this.btrfs;
+  }
+
+  rt(): ContainerRuntime {
+    if (!this.runtime) throw new LoomError(503, 'RUNTIME_UNAVAILABLE', `no OCI runtime available: ${this.runtimeError ?? 'not started'}`);
+    return this.runtime;
+  }
+
+  bundle(id: string): string {
+    return join(this.layout.containers, id);
+  }
+  vol(id: string): string {
+    return join(this.layout.containers, id, 'vol');
+  }
+  rootfs(id: string): string {
+    return join(this.layout.containers, id, 'vol', 'rootfs');
+  }
+  snapshotDir(id: string): string {
+    return join(this.layout.snapshots, id);
+  }
+
+  /** An empty volume directory: a btrfs subvolume when the data dir is btrfs (so snapshots of it are ioctls). */
+  async makeVolume(path: string): Promise<void> {
+    if (this.btrfs) await createSubvolume(path);
+    else await fsp.mkdir(path);
+  }
+
+  /** Registration: a new volume with a copy of the user's directory as rootfs. */
+  async materializeFromPath(id: string, src: string, signal: AbortSignal, onProgress?: (p: CopyProgress) => void): Promise<CopyResult> {
+    await fsp.mkdir(this.bundle(id), { recursive: true });
+    await this.makeVolume(this.vol(id));
+    return copyTree(src, this.rootfs(id), { signal, ...(onProgress ? { onProgress } : {}) });
+  }
+
+  /** Clone: the container's volume becomes a copy of the snapshot's tree. */
+  async materializeFromSnapshot(id: string, snapshotId: string, signal: AbortSignal, onProgress?: (p: CopyProgress) => void): Promise<CopyResult> {
+    await fsp.mkdir(this.bundle(id), { recursive: true });
+    return copyTree(this.snapshotDir(snapshotId), this.vol(id), { signal, ...(onProgress ? { onProgress } : {}) });
+  }
+
+  /** Removes the container's bundle and volume (the runtime container must be gone). */
+  async removeFiles(id: string): Promise<void> {
+    await removeTree(this.vol(id));
+    await fsp.rm(this.bundle(id), { recursive: true, force: true });
+    await fsp.rm(join(this.layout.exits, id), { force: true });
+  }
+
+  /** Creates and starts the container's process (runtime create under conmon, then start). */
+  async run(c: ContainerRow): Promise<void> {
+    const rt = this.rt();
+    const bundle = this.bundle(c.id);
+    // A container that ran before (killed or exited) still has a runtime record: start afresh.
+    if (await rt.state(c.id)) await rt.remove(c.id, bundle, 1000);
+    for (const f of ['attach', 'ctl', 'winsz', 'pidfile', 'conmon.pid']) await fsp.rm(join(bundle, f), { force: true });
+    const spec = buildOciSpec({
+      rootfs: this.rootfs(c.id),
+      args: JSON.parse(c.command) as string[],
+      env: JSON.parse(c.env) as Record<string, string>,
+      cwd: '/',
+      uid: 0,
+      gid: 0,
+      terminal: false,
+      hostname: `loom-${c.id.slice(0, 8)}`,
+      cgroupsPath: `/loom/branching-${c.id}`,
+    });
+    await fsp.writeFile(bundleFiles(bundle).config, JSON.stringify(spec, null, 2));
+    try {
+      await rt.create({ id: c.id, bundle, terminal: false, exitDir: this.layout.exits });
+      await rt.start(c.id);
+    } catch (e) {
+      await rt.remove(c.id, bundle, 500).catch(() => undefined);
+      throw new LoomError(422, 'CONTAINER_START_FAILED', `cannot start the container: ${errorMessage(e)}`);
+    }
+  }
+
+  /** Stops the process: SIGTERM, SIGKILL after graceMs. Leaves the rootfs and the runtime record. */
+  async kill(id: string, graceMs = 2000): Promise<boolean> {
+    const rt = this.rt();
+    const st = await rt.state(id);
+    if (!st || st.status === 'stopped') return false;
+    if (st.status === 'paused') await rt.resume(id).catch(() => undefined);
+    await rt.kill(id, 'SIGTERM', true);
+    const deadline = Date.now() + graceMs;
+    while (Date.now() < deadline && (await pidAlive(st.pid))) await sleep(25);
+    if (await pidAlive(st.pid)) await rt.kill(id, 'SIGKILL', true);
+    const d2 = Date.now() + 3000;
+    while (Date.now() < d2 && (await pidAlive(st.pid))) await sleep(25);
+    return true;
+  }
+
+  /** Stops and forgets the runtime container and its conmon. Idempotent. */
+  async removeRuntime(id: string): Promise<void> {
+    if (!this.runtime) return;
+    await this.runtime.remove(id, this.bundle(id), 1000);
+  }
+
+  /** The exit code conmon recorded, or null while the process runs. */
+  exitCode(id: string): Promise<number | null> {
+    return ContainerRuntime.exitCode(this.layout.exits, id);
+  }
+
+  /** Is the container's process alive (runtime state running or paused)? */
+  async isRunning(id: string): Promise<boolean> {
+    if (!this.runtime) return false;
+    const st = await this.runtime.state(id);
+    return !!st && (st.status === 'running' || st.status === 'paused');
+  }
+
+  async conmonPid(id: string): Promise<number | null> {
+    return readPid(bundleFiles(this.bundle(id)).conmonPidFile);
+  }
+
+  /** The path of the container's log (conmon k8s-file format). */
+  logPath(id: string): string {
+    return bundleFiles(this.bundle(id)).log;
+  }
+}
+
+let criuResult: Promise<boolean> | null = null;
+
+/** Runs `criu check` once; false when criu is absent or fails (as on the development machine). */
+export function criuWorks(): Promise<boolean> {
+  criuResult ??= (async () => {
+    const { run } = await import('../provisioners/local/util.js');
+    try {
+      const r = await run('criu', ['check'], { timeoutMs: 15_000 });
+      return r.code === 0;
+    } catch {
+      return false;
+    }
+  })();
+  return criuResult;
+}

@@ -1,0 +1,106 @@
+import type { FastifyInstance } from 'fastify';
+import { Type } from '@sinclair/typebox';
+import { principal } from '../server/http/auth.js';
+import type { BranchingService, CloneRequest, CreateContainerRequest, ForkRequest, SnapshotRequest } from './service.js';
+
+const Strict = { additionalProperties: false } as const;
+const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, Strict);
+const StrMap = (maxProps: number) => Type.Record(Type.String({ minLength: 1, maxLength: 256 }), Type.String({ maxLength: 32768 }), { maxProperties: maxProps });
+const Argv = Type.Array(Type.String({ maxLength: 32768 }), { minItems: 1, maxItems: 1024 });
+const Consistency = Type.Union([Type.Literal('crash-consistent'), Type.Literal('app-consistent')]);
+const IdemKey = Type.String({ minLength: 1, maxLength: 255 });
+const ResumePolicy = Type.Union([Type.Literal('manual'), Type.Literal('immediate')]);
+const Name = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]*$' });
+
+export const CreateContainerBody = Type.Object(
+  {
+    name: Name,
+    rootfs_path: Type.String({ minLength: 1, maxLength: 4096 }),
+    command: Argv,
+    env: Type.Optional(StrMap(256)),
+    start_immediately: Type.Optional(Type.Boolean()),
+    org_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+  },
+  Strict,
+);
+
+export const SnapshotBody = Type.Object(
+  {
+    consistency_mode: Consistency,
+    ttl_seconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 10 * 365 * 86400 })),
+    labels: Type.Optional(StrMap(64)),
+    idempotency_key: Type.Optional(IdemKey),
+  },
+  Strict,
+);
+
+export const CloneBody = Type.Object(
+  { resume_policy: ResumePolicy, name: Type.Optional(Name), command: Type.Optional(Argv), idempotency_key: Type.Optional(IdemKey) },
+  Strict,
+);
+
+export const ForkBody = Type.Object(
+  {
+    resume_policy: ResumePolicy,
+    name: Type.Optional(Name),
+    command: Type.Optional(Argv),
+    consistency_mode: Type.Optional(Consistency),
+    idempotency_key: Type.Optional(IdemKey),
+  },
+  Strict,
+);
+
+const Empty = Type.Optional(Type.Object({}, Strict));
+const WaitQuery = Type.Object({ wait: Type.Optional(Type.String({ pattern: '^[0-9]{1,3}(\\.[0-9]{1,3})?$' })) }, Strict);
+const SnapshotListQuery = Type.Object({ container_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })) }, Strict);
+
+/** Longest long-poll on GET /api/operations/:id?wait=SECONDS. */
+const MAX_WAIT_SECONDS = 60;
+
+/** The branching API (behind auth): containers, snapshots, lineage, pins, clone/fork and operations. */
+export async function registerBranchingApi(api: FastifyInstance, svc: BranchingService): Promise<void> {
+  const id = (req: { params: unknown }) => (req.params as { id: string }).id;
+
+  api.post('/api/containers', { schema: { body: CreateContainerBody } }, async (req, reply) =>
+    reply.status(202).send(svc.createContainer(principal(req).user, req.body as CreateContainerRequest)),
+  );
+  api.get('/api/containers', async (req) => {
+    const containers = await svc.listContainers(principal(req).user);
+    return { containers, count: containers.length };
+  });
+  api.get('/api/containers/:id', { schema: { params: IdParams } }, async (req) => svc.getContainer(principal(req).user, id(req)));
+  api.delete('/api/containers/:id', { schema: { params: IdParams } }, async (req, reply) => reply.status(202).send(svc.deleteContainer(principal(req).user, id(req))));
+  api.post('/api/containers/:id/kill', { schema: { params: IdParams, body: Empty } }, async (req, reply) => reply.status(202).send(await svc.kill(principal(req).user, id(req))));
+  api.post('/api/containers/:id/resume', { schema: { params: IdParams, body: Empty } }, async (req, reply) => reply.status(202).send(await svc.resume(principal(req).user, id(req))));
+  api.post('/api/containers/:id/snapshot', { schema: { params: IdParams, body: SnapshotBody } }, async (req, reply) =>
+    reply.status(202).send(svc.snapshot(principal(req).user, id(req), req.body as SnapshotRequest)),
+  );
+  api.post('/api/containers/:id/fork', { schema: { params: IdParams, body: ForkBody } }, async (req, reply) =>
+    reply.status(202).send(svc.fork(principal(req).user, id(req), req.body as ForkRequest)),
+  );
+
+  api.get('/api/snapshots', { schema: { querystring: SnapshotListQuery } }, async (req) => {
+    const snapshots = await svc.listSnapshots(principal(req).user, (req.query as { container_id?: string }).container_id);
+    return { snapshots, count: snapshots.length };
+  });
+  api.get('/api/snapshots/:id', { schema: { params: IdParams } }, async (req) => svc.getSnapshot(principal(req).user, id(req)));
+  api.delete('/api/snapshots/:id', { schema: { params: IdParams } }, async (req, reply) => {
+    svc.deleteSnapshot(principal(req).user, id(req));
+    return reply.status(204).send();
+  });
+  api.get('/api/snapshots/:id/lineage', { schema: { params: IdParams } }, async (req) => {
+    const lineage = svc.lineage(principal(req).user, id(req));
+    return { snapshot_id: id(req), lineage, count: lineage.length };
+  });
+  api.post('/api/snapshots/:id/pin', { schema: { params: IdParams, body: Empty } }, async (req) => svc.setPinned(principal(req).user, id(req), true));
+  api.post('/api/snapshots/:id/unpin', { schema: { params: IdParams, body: Empty } }, async (req) => svc.setPinned(principal(req).user, id(req), false));
+  api.post('/api/snapshots/:id/clone', { schema: { params: IdParams, body: CloneBody } }, async (req, reply) =>
+    reply.status(202).send(svc.clone(principal(req).user, id(req), req.body as CloneRequest)),
+  );
+
+  api.get('/api/operations/:id', { schema: { params: IdParams, querystring: WaitQuery } }, async (req) => {
+    const w = (req.query as { wait?: string }).wait;
+    const waitMs = w ? Math.min(MAX_WAIT_SECONDS, Number(w)) * 1000 : 0;
+    return svc.operation(principal(req).user, id(req), waitMs);
+  });
+}
