@@ -86,6 +86,12 @@ t.test('start(): wrong credentials', async (t) => {
   await expectLoomError(t, prov.start(), 'kubernetes_unauthorized', /refused the credentials \(401\)/);
 });
 
+t.test('start(): an unreadable kubeconfig is one clear error', async (t) => {
+  const prov = new KubernetesProvisioner({ config: k8sConfig({ kubeconfig: '/nonexistent/loom/kubeconfig.yaml' }), log: silentLog() });
+  t.teardown(() => prov.close());
+  await expectLoomError(t, prov.start(), 'kubernetes_config', /^cannot load kubeconfig \/nonexistent\/loom\/kubeconfig\.yaml: ENOENT/);
+});
+
 t.test('kubeconfig is read from the configured path', async (t) => {
   const standin = await K8sStandin.start();
   const dir = mkdtempSync(join(tmpdir(), 'loom-k8s-'));

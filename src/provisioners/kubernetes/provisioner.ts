@@ -69,11 +69,24 @@ export class KubernetesProvisioner implements Provisioner {
   private retryDelay: number;
   private watchHealthy = false;
   private closed = false;
+  private configError: LoomError | undefined;
 
   constructor(opts: KubernetesProvisionerOptions) {
     this.namespace = opts.config.k8sNamespace;
     this.log = opts.log;
-    this.kc = opts.kubeConfig ?? loadKubeConfig({ kubeconfig: opts.config.kubeconfig, ...(opts.env ? { env: opts.env } : {}) });
+    let kc = opts.kubeConfig;
+    if (!kc) {
+      try {
+        kc = loadKubeConfig({ kubeconfig: opts.config.kubeconfig, ...(opts.env ? { env: opts.env } : {}) });
+      } catch (e) {
+        // Reported by start(), which is where the server expects backend errors.
+        const where = opts.config.kubeconfig ? `kubeconfig ${opts.config.kubeconfig}` : 'the kubeconfig';
+        this.configError = new LoomError(503, 'kubernetes_config', `cannot load ${where}: ${errorMessage(e)}`);
+        kc = new KubeConfig();
+        kc.loadFromClusterAndUser({ name: 'unconfigured', server: 'https://unconfigured.invalid', skipTLSVerify: false }, { name: 'unconfigured' });
+      }
+    }
+    this.kc = kc;
     this.api = this.kc.makeApiClient(CoreV1Api);
     this.podOpts = {
       namespace: this.namespace,
@@ -94,6 +107,7 @@ export class KubernetesProvisioner implements Provisioner {
 
   /** Checks the API answers and the namespace exists, then starts the pod informer. */
   async start(): Promise<void> {
+    if (this.configError) throw this.configError;
     await this.checkNamespace();
     const informer = new ListWatch<V1Pod>(
       `/api/v1/namespaces/${this.namespace}/pods`,
@@ -131,7 +145,8 @@ export class KubernetesProvisioner implements Provisioner {
     if (f.httpStatus !== undefined) {
       return new LoomError(503, 'kubernetes_error', `kubernetes API ${this.server} answered ${f.httpStatus} while ${doing}: ${f.message}`);
     }
-    return new LoomError(503, 'kubernetes_unreachable', `kubernetes API ${this.server} unreachable: ${f.errno ?? f.message}`);
+    const connErr = f.errno && /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|EAI_AGAIN)$/.test(f.errno);
+    return new LoomError(503, 'kubernetes_unreachable', `kubernetes API ${this.server} unreachable: ${connErr ? f.errno : f.message}`);
   }
 
   private async checkNamespace(): Promise<void> {
@@ -277,7 +292,11 @@ export class KubernetesProvisioner implements Provisioner {
         `deleting pod ${name}`,
       );
     } catch (e) {
-      if (isNotFound(e)) return;
+      // Already gone: no DELETED event will follow unless the cache still holds it.
+      if (isNotFound(e)) {
+        if (!this.informer?.get(name, this.namespace)) this.deletedByUs.delete(id);
+        return;
+      }
       this.deletedByUs.delete(id);
       throw this.apiError(e, `deleting pod ${name}`);
     }
