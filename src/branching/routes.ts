@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { principal } from '../server/http/auth.js';
+import { LoomError } from '../common/errors.js';
 import type { BranchingService, CloneRequest, CreateContainerRequest, ForkRequest, SnapshotRequest } from './service.js';
 
 const Strict = { additionalProperties: false } as const;
@@ -50,9 +51,15 @@ export const ForkBody = Type.Object(
   Strict,
 );
 
-const Empty = Type.Optional(Type.Object({}, Strict));
 const WaitQuery = Type.Object({ wait: Type.Optional(Type.String({ pattern: '^[0-9]{1,3}(\\.[0-9]{1,3})?$' })) }, Strict);
 const SnapshotListQuery = Type.Object({ container_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })) }, Strict);
+
+/** Actions without parameters take no body or an empty JSON object. */
+function noBody(body: unknown): true {
+  if (body === undefined || body === null) return true;
+  if (typeof body === 'object' && !Array.isArray(body) && Object.keys(body).length === 0) return true;
+  throw new LoomError(400, 'invalid_request', 'body: this action takes no fields (send {} or nothing)');
+}
 
 /** Longest long-poll on GET /api/operations/:id?wait=SECONDS. */
 const MAX_WAIT_SECONDS = 60;
@@ -70,8 +77,8 @@ export async function registerBranchingApi(api: FastifyInstance, svc: BranchingS
   });
   api.get('/api/containers/:id', { schema: { params: IdParams } }, async (req) => svc.getContainer(principal(req).user, id(req)));
   api.delete('/api/containers/:id', { schema: { params: IdParams } }, async (req, reply) => reply.status(202).send(svc.deleteContainer(principal(req).user, id(req))));
-  api.post('/api/containers/:id/kill', { schema: { params: IdParams, body: Empty } }, async (req, reply) => reply.status(202).send(await svc.kill(principal(req).user, id(req))));
-  api.post('/api/containers/:id/resume', { schema: { params: IdParams, body: Empty } }, async (req, reply) => reply.status(202).send(await svc.resume(principal(req).user, id(req))));
+  api.post('/api/containers/:id/kill', { schema: { params: IdParams } }, async (req, reply) => noBody(req.body) && reply.status(202).send(await svc.kill(principal(req).user, id(req))));
+  api.post('/api/containers/:id/resume', { schema: { params: IdParams } }, async (req, reply) => noBody(req.body) && reply.status(202).send(await svc.resume(principal(req).user, id(req))));
   api.post('/api/containers/:id/snapshot', { schema: { params: IdParams, body: SnapshotBody } }, async (req, reply) =>
     reply.status(202).send(svc.snapshot(principal(req).user, id(req), req.body as SnapshotRequest)),
   );
@@ -92,8 +99,8 @@ export async function registerBranchingApi(api: FastifyInstance, svc: BranchingS
     const lineage = svc.lineage(principal(req).user, id(req));
     return { snapshot_id: id(req), lineage, count: lineage.length };
   });
-  api.post('/api/snapshots/:id/pin', { schema: { params: IdParams, body: Empty } }, async (req) => svc.setPinned(principal(req).user, id(req), true));
-  api.post('/api/snapshots/:id/unpin', { schema: { params: IdParams, body: Empty } }, async (req) => svc.setPinned(principal(req).user, id(req), false));
+  api.post('/api/snapshots/:id/pin', { schema: { params: IdParams } }, async (req) => noBody(req.body) && svc.setPinned(principal(req).user, id(req), true));
+  api.post('/api/snapshots/:id/unpin', { schema: { params: IdParams } }, async (req) => noBody(req.body) && svc.setPinned(principal(req).user, id(req), false));
   api.post('/api/snapshots/:id/clone', { schema: { params: IdParams, body: CloneBody } }, async (req, reply) =>
     reply.status(202).send(svc.clone(principal(req).user, id(req), req.body as CloneRequest)),
   );
