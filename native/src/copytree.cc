@@ -5,6 +5,7 @@
 // xattrs, mode, times) is applied when the directory and all its subdirectories are done.
 #include "copytree.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -226,7 +227,7 @@ struct Ctx {
   bool chown_needed_check = true;
   uid_t euid = 0;
   gid_t egid = 0;
-  int create_mode = 0600;  // what a 0600 create really yields under the umask (-1: unknown)
+  int umask = -1;  // the process umask (-1: unknown, then modes are always set explicitly)
 
   std::mutex qm;
   std::condition_variable qcv;
@@ -324,7 +325,16 @@ int copy_xattrs(Ctx* c, int sfd, int dfd, const char* spath, const char* dpath, 
   return 0;
 }
 
-// chown / xattrs / chmod / times on an open destination (regular file or directory).
+// The permission bits a fresh node is created with (setuid/setgid/sticky come after the chown).
+mode_t create_perm(const struct stat& st) { return st.st_mode & 0777; }
+
+// Does a node created with create_perm(st) still need a chmod?
+bool needs_chmod(Ctx* c, const struct stat& st) {
+  return c->umask < 0 || (st.st_mode & 07777) != (create_perm(st) & ~static_cast<mode_t>(c->umask));
+}
+
+// chown / xattrs / chmod / times on an open destination (regular file or directory). fresh: made
+// by us with create_perm() and our own uid/gid.
 int meta_fd(Ctx* c, int sfd, int dfd, const struct stat& st, const std::string& rel, bool fresh) {
   if (!fresh || st.st_uid != c->euid || st.st_gid != c->egid) {
     if (fchown(dfd, st.st_uid, st.st_gid) != 0 && !(errno == EPERM && c->euid != 0)) {
@@ -333,7 +343,7 @@ int meta_fd(Ctx* c, int sfd, int dfd, const struct stat& st, const std::string& 
     }
   }
   if (copy_xattrs(c, sfd, dfd, nullptr, nullptr, rel) != 0) return -1;
-  if (!fresh || static_cast<int>(st.st_mode & 07777) != c->create_mode) {
+  if (!fresh || needs_chmod(c, st)) {
     if (fchmod(dfd, st.st_mode & 07777) != 0) {
       fail(c, errno, "fchmod", rel);
       return -1;
@@ -358,7 +368,7 @@ int meta_at(Ctx* c, int sdir, int ddir, const char* name, const struct stat& st,
   snprintf(sp, sizeof sp, "/proc/self/fd/%d/%s", sdir, name);
   snprintf(dp, sizeof dp, "/proc/self/fd/%d/%s", ddir, name);
   if (copy_xattrs(c, -1, -1, sp, dp, rel) != 0) return -1;
-  if (!S_ISLNK(st.st_mode) && fchmodat(ddir, name, st.st_mode & 07777, 0) != 0) {
+  if (!S_ISLNK(st.st_mode) && needs_chmod(c, st) && fchmodat(ddir, name, st.st_mode & 07777, 0) != 0) {
     fail(c, errno, "fchmodat", rel);
     return -1;
   }
@@ -484,7 +494,7 @@ int copy_reg(Ctx* c, int sdir, int in, int ddir, const char* name, const struct 
     if (r != 0) return r < 0 ? -1 : 0;
   }
   (void)sdir;
-  int out = openat(ddir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  int out = openat(ddir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, create_perm(st));
   if (out < 0) {
     fail(c, errno, "openat", rel);
     link_done(c, ent, false);
@@ -539,7 +549,7 @@ int copy_other(Ctx* c, int sdir, int ddir, const char* name, const struct stat& 
         rc = -1;
       }
     }
-  } else if (mknodat(ddir, name, (st.st_mode & S_IFMT) | 0600, st.st_rdev) != 0) {
+  } else if (mknodat(ddir, name, (st.st_mode & S_IFMT) | create_perm(st), st.st_rdev) != 0) {
     fail(c, errno, "mknodat", rel);
     rc = -1;
   }
@@ -601,6 +611,9 @@ void do_dir(Ctx* c, DirNode* n, std::vector<char>& buf) {
     close(dfd);
     return;
   }
+  // Read the whole directory first and work in inode order (fewer seeks on a cold cache, as cp).
+  struct Ent { ino_t ino; unsigned char type; std::string name; };
+  std::vector<Ent> ents;
   struct dirent* de;
   int rc = 0;
   for (;;) {
@@ -610,13 +623,20 @@ void do_dir(Ctx* c, DirNode* n, std::vector<char>& buf) {
       if (errno) { fail(c, errno, "readdir", n->rel, false); rc = -1; }
       break;
     }
-    const char* name = de->d_name;
-    if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0))) continue;
+    const char* nm = de->d_name;
+    if (nm[0] == '.' && (nm[1] == 0 || (nm[1] == '.' && nm[2] == 0))) continue;
+    ents.push_back({de->d_ino, de->d_type, nm});
+  }
+  closedir(d);
+  if (ents.size() > 1) std::sort(ents.begin(), ents.end(), [](const Ent& a, const Ent& b) { return a.ino < b.ino; });
+  for (size_t i = 0; rc == 0 && i < ents.size(); i++) {
+    const char* name = ents[i].name.c_str();
+    unsigned char dtype = ents[i].type;
     if (stopped(c)) { rc = -1; break; }
     std::string rel = join(n->rel, name);
     struct stat st;
     int in = -1;
-    if (de->d_type == DT_REG) {
+    if (dtype == DT_REG) {
       in = openat(sfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
       if (in < 0 || fstat(in, &st) != 0) {
         fail(c, errno, "openat", rel, false);
@@ -664,9 +684,7 @@ void do_dir(Ctx* c, DirNode* n, std::vector<char>& buf) {
       default: rc = copy_other(c, sfd, dfd, name, st, rel); break;
     }
     if (in >= 0) close(in);
-    if (rc != 0) break;
   }
-  closedir(d);
   if (rc == 0) dir_done(c, n, sfd, dfd);
   close(sfd);
   close(dfd);
@@ -822,8 +840,7 @@ int copy_tree(const std::string& src_in, const std::string& dest_in, const CopyO
   c.st = &stats;
   c.euid = geteuid();
   c.egid = getegid();
-  int um = current_umask();
-  c.create_mode = um < 0 ? -1 : (0600 & ~um);
+  c.umask = current_umask();
   c.forced = o.strategy == STRAT_REFLINK || o.strategy == STRAT_COPY;
   unsigned long dt = static_cast<unsigned long>(dsf.f_type);
   bool no_reflink_fs = dt == EXT4_SUPER_MAGIC || dt == TMPFS_MAGIC || dt == OVERLAYFS_SUPER_MAGIC;

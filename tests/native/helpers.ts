@@ -88,7 +88,7 @@ def one(p):
 one(root)
 for d,dirs,files in os.walk(root):
     for n in dirs+files: one(os.path.join(d,n))
-print(json.dumps(out))`;
+print(json.dumps(out,sort_keys=True))`;
 
 export function setXattrs(list: Array<[path: string, name: string, value: string]>): void {
   if (list.length) run('python3', ['-c', PY_SETXATTR, ...list.flat()]);
@@ -265,9 +265,13 @@ export function diffTrees(src: string, dest: string): string[] {
       seen.add(ino);
     }
   }
-  const xa = JSON.stringify(dumpXattrs(src));
-  const xb = JSON.stringify(dumpXattrs(dest));
-  if (xa !== xb) diffs.push(`xattrs differ: ${xa} != ${xb}`);
+  const xa = dumpXattrs(src);
+  const xb = dumpXattrs(dest);
+  for (const k of new Set([...Object.keys(xa), ...Object.keys(xb)])) {
+    const va = JSON.stringify(xa[k] ?? {});
+    const vb = JSON.stringify(xb[k] ?? {});
+    if (va !== vb) diffs.push(`${k}: xattrs ${va.slice(0, 200)} != ${vb.slice(0, 200)}`);
+  }
   return diffs;
 }
 
