@@ -1,0 +1,66 @@
+/**
+ * A server killed (SIGKILL) in the middle of a snapshot: after restart the operation is failed
+ * with INTERRUPTED, the partial snapshot tree and record are gone, orphan trees are removed,
+ * and the container (which outlives the server under conmon) is still known and running.
+ */
+import t from 'tap';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { freshDataDir, startServer, type TestServer } from '../support/server.js';
+import { cleanupContainers, forceRuntimeCleanup, makeFixture, mutate, runtimeState, sleep, snapshotDirOf, type Op } from './helpers.js';
+
+t.test('restart in the middle of an operation', async (t) => {
+  const fx = makeFixture();
+  const dataDir = freshDataDir();
+  const env = { LOOM_SERVER_WEAVER_ENABLED: 'false' };
+  let srv: TestServer = await startServer({ dataDir, keepData: true, env });
+  let token = await srv.token('alice');
+  t.teardown(async () => {
+    await cleanupContainers(srv, [token]).catch(() => undefined);
+    await srv.stop();
+    forceRuntimeCleanup(dataDir);
+    rmSync(dataDir, { recursive: true, force: true });
+    fx.cleanup();
+  });
+  const create = await mutate(srv, token, 'POST', '/api/containers', { name: 'r', rootfs_path: fx.rootfs, command: ['/bin/sh', '-c', 'sleep 120'], start_immediately: true });
+  t.equal(create.status, 'succeeded');
+  const cid = create.container_id!;
+  await srv.stop();
+
+  // again, with operations that sleep after copying so the kill lands mid-operation
+  srv = await startServer({ dataDir, keepData: true, env: { ...env, LOOM_BRANCHING_TEST_DELAY_MS: '20000' } });
+  const r = await srv.api<Op>('POST', `/api/containers/${cid}/snapshot`, token, { consistency_mode: 'crash-consistent' });
+  t.equal(r.status, 202);
+  const sid = r.body.snapshot_id!;
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline && !existsSync(join(snapshotDirOf(dataDir, sid), 'rootfs', 'hello.txt'))) await sleep(50);
+  t.ok(existsSync(join(snapshotDirOf(dataDir, sid), 'rootfs', 'hello.txt')), 'the copy is on disk');
+  const mid = await srv.api<Op>('GET', `/api/operations/${r.body.operation_id}`, token);
+  t.equal(mid.body.status, 'running');
+  mkdirSync(join(dataDir, 'branching', 'snapshots', 'orphan-tree'));
+  await srv.stop('SIGKILL');
+
+  srv = await startServer({ dataDir, keepData: true, env });
+  token = await srv.token('alice');
+  const op = await srv.api<Op>('GET', `/api/operations/${r.body.operation_id}`, token);
+  t.equal(op.status, 200);
+  t.equal(op.body.status, 'failed');
+  t.equal(op.body.reason_code, 'INTERRUPTED');
+  t.ok(op.body.reason_message);
+  t.ok(op.body.completed_at);
+  t.equal((await srv.api('GET', `/api/snapshots/${sid}`, token)).status, 404);
+  t.notOk(existsSync(snapshotDirOf(dataDir, sid)), 'partial snapshot removed');
+  t.notOk(existsSync(join(dataDir, 'branching', 'snapshots', 'orphan-tree')), 'orphan tree removed');
+  const c = await srv.api<{ status: string }>('GET', `/api/containers/${cid}`, token);
+  t.equal(c.body.status, 'running', 'the container outlived the server');
+  t.equal(runtimeState(dataDir, cid), 'running');
+  // and branching works again
+  const again = await mutate(srv, token, 'POST', `/api/containers/${cid}/snapshot`, { consistency_mode: 'crash-consistent' });
+  t.equal(again.status, 'succeeded');
+
+  // a container whose process died while the server was down is stopped after restart
+  await srv.stop();
+  forceRuntimeCleanup(dataDir);
+  srv = await startServer({ dataDir, keepData: true, env });
+  t.equal((await srv.api<{ status: string }>('GET', `/api/containers/${cid}`, token)).body.status, 'stopped');
+});
