@@ -6,6 +6,7 @@ import { registerAuthCommands } from './auth.js';
 import { registerOrgCommands } from './org.js';
 import { registerWeaverCommands } from './weaver.js';
 import { registerImageCommands } from './image.js';
+import { registerBranchingCommands } from './branching.js';
 
 const program = new Command('loom')
   .description('Loom: disposable development environments (weavers) and near-instant state branching')
@@ -18,6 +19,7 @@ registerAuthCommands(program);
 registerOrgCommands(program);
 registerWeaverCommands(program);
 registerImageCommands(program);
+registerBranchingCommands(program);
 
 function fail(message: string, code = 1): never {
   process.stderr.write(`loom: ${message}\n`);
