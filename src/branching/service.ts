@@ -13,7 +13,8 @@ import type { User } from '../server/auth/users.js';
 import { ContainerRuntime } from '../provisioners/local/runtime.js';
 import { copyTree, removeTree, type CopyResult } from './copy.js';
 import type { ContainerHost } from './containers.js';
-import { KeyedLock, newOperationRow, type OpContext, type OperationRunner } from './operations.js';
+import { KeyedMutex } from '../common/keyed-mutex.js';
+import { newOperationRow, type OpContext, type OperationRunner } from './operations.js';
 import {
   toContainer, toOperation, toSnapshot, type BranchingStore, type ConsistencyMode, type Container, type ContainerRow, type Operation,
   type OperationRow, type Snapshot, type SnapshotRow,
@@ -103,7 +104,7 @@ export class BranchingService {
   private readonly host: ContainerHost;
   private readonly runner: OperationRunner;
   private readonly log: Logger;
-  private readonly lock = new KeyedLock();
+  private readonly lock = new KeyedMutex();
 
   constructor(private readonly o: ServiceOptions) {
     this.store = o.store;

@@ -5,26 +5,12 @@
  */
 import { Command, Option } from 'commander';
 import { CliError, type ApiClient } from './client.js';
+import type { Operation } from '../branching/store.js';
 import { client, globals } from './context.js';
 import { Progress, interactive, printJson, printTable, progressBar } from './output.js';
 
-interface OperationView {
-  operation_id: string;
-  operation_type: string;
-  status: string;
-  progress_pct: number;
-  container_id?: string;
-  snapshot_id?: string;
-  result_container_id?: string;
-  warnings: string[];
-  capability_downgrades: string[];
-  reason_code?: string;
-  reason_message?: string;
-  started_at: string;
-  updated_at: string;
-  completed_at?: string;
-  status_url?: string;
-}
+/** The operation object of the API (src/branching/store.ts) with its status URL. */
+type OperationView = Operation & { status_url?: string };
 
 interface ContainerView {
   id: string;

@@ -4,24 +4,10 @@ import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestServer } from '../support/server.js';
+import type { Operation } from '../../src/branching/store.js';
 
-export interface Op {
-  operation_id: string;
-  operation_type: string;
-  status: string;
-  progress_pct: number;
-  container_id?: string;
-  snapshot_id?: string;
-  result_container_id?: string;
-  warnings: string[];
-  capability_downgrades: string[];
-  reason_code?: string;
-  reason_message?: string;
-  started_at: string;
-  updated_at: string;
-  completed_at?: string;
-  status_url?: string;
-}
+/** The API's operation object with its status URL. */
+export type Op = Operation & { status_url?: string };
 
 export const BUSYBOX = '/bin/busybox';
 

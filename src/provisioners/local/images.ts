@@ -13,7 +13,8 @@ import { promises as fsp } from 'node:fs';
 import { join, basename, resolve as resolvePath } from 'node:path';
 import { LoomError, errorMessage } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
-import { exists, readJson, run, writeJsonAtomic, KeyedMutex } from './util.js';
+import { exists, readJson, run, writeJsonAtomic } from './util.js';
+import { KeyedMutex } from '../../common/keyed-mutex.js';
 
 export interface LocalImage {
   /** Normalized reference, e.g. "loom/default:latest". */

@@ -25,7 +25,8 @@ import { startSlirp, stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './ne
 import { OverlayMaterializer, unmountAll, type Materializer } from './rootfs.js';
 import { ContainerRuntime, bundleFiles, detectRuntime, type RuntimeState } from './runtime.js';
 import { buildOciSpec } from './spec.js';
-import { exists, readJson, sleep, writeJsonAtomic, KeyedMutex } from './util.js';
+import { exists, readJson, sleep, writeJsonAtomic } from './util.js';
+import { KeyedMutex } from '../../common/keyed-mutex.js';
 import { followLog, readLogTail } from './logs.js';
 
 export interface LocalProvisionerOptions {

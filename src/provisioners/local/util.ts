@@ -98,21 +98,3 @@ export async function pidAlive(pid: number): Promise<boolean> {
   }
 }
 
-/** A tiny promise mutex: serializes async sections keyed by name. */
-export class KeyedMutex {
-  private tails = new Map<string, Promise<void>>();
-  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.tails.get(key) ?? Promise.resolve();
-    let release!: () => void;
-    const next = new Promise<void>((r) => (release = r));
-    const tail = prev.then(() => next);
-    this.tails.set(key, tail);
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    }
-  }
-}
