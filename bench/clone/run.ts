@@ -1,6 +1,7 @@
 // Clone benchmark: the copy primitive against cp on loop filesystems it makes (btrfs, XFS, ext4).
 //   npx tsx bench/clone/run.ts [--reps N] [--files N] [--threads N] [--fs btrfs,xfs,ext4]
 // Needs root (mount, drop_caches) and btrfs-progs, xfsprogs. Prints medians of N cold-cache runs.
+import { spawnSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -26,10 +27,16 @@ export interface CloneBenchOptions {
   log?: (s: string) => void;
 }
 
-async function reps(n: number, dest: string, op: () => unknown): Promise<number> {
+/** Lets the filesystem settle: waits for btrfs's cleaner to drop deleted subvolumes, then drops caches. */
+function settle(lfs: LoopFs): void {
+  if (lfs.kind === 'btrfs') spawnSync('btrfs', ['subvolume', 'sync', lfs.mnt], { stdio: 'ignore' });
+  dropCaches();
+}
+
+async function reps(n: number, lfs: LoopFs, dest: string, op: () => unknown): Promise<number> {
   const times: number[] = [];
   for (let i = 0; i < n; i++) {
-    dropCaches();
+    settle(lfs);
     times.push(await timeMs(op));
     await removeTree(dest);
   }
@@ -53,16 +60,16 @@ export async function runCloneBench(o: CloneBenchOptions = {}): Promise<Row[]> {
       const t0 = performance.now();
       const st = buildCloneFixture(src, o.files ? { files: o.files } : {});
       log(`${kind}: fixture ${st.files} files, ${st.dirs} dirs, ${st.symlinks} symlinks, ${st.hardlinks} hardlinks, ${(st.bytes / 2 ** 20).toFixed(0)} MiB in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-      const cpReflink = kind === 'ext4' ? 0 : await reps(n, dest, () => timeCmd('cp', ['-a', '--reflink=always', src, dest]));
-      const cpPlain = await reps(n, dest, () => timeCmd('cp', ['-a', '--reflink=never', src, dest]));
+      const cpReflink = kind === 'ext4' ? 0 : await reps(n, lfs, dest, () => timeCmd('cp', ['-a', '--reflink=always', src, dest]));
+      const cpPlain = await reps(n, lfs, dest, () => timeCmd('cp', ['-a', '--reflink=never', src, dest]));
       let strategy = '';
-      const auto = await reps(n, dest, async () => {
+      const auto = await reps(n, lfs, dest, async () => {
         strategy = (await copyTree(src, dest, ours())).strategy;
       });
       log(`${kind}: ours(auto → ${strategy}) ${auto.toFixed(1)} ms, cp -a --reflink=always ${cpReflink.toFixed(0)} ms, cp -a ${cpPlain.toFixed(0)} ms`);
       if (kind === 'btrfs') {
         rows.push({ fs: kind, what: `copyTree auto (${strategy})`, oursMs: auto, baseline: 'cp -a --reflink=always', baselineMs: cpReflink, target: '≤ 20 ms' });
-        const rl = await reps(n, dest, () => copyTree(src, dest, ours({ strategy: 'reflink' })));
+        const rl = await reps(n, lfs, dest, () => copyTree(src, dest, ours({ strategy: 'reflink' })));
         log(`${kind}: ours(reflink) ${rl.toFixed(1)} ms`);
         rows.push({ fs: kind, what: 'copyTree reflink', oursMs: rl, baseline: 'cp -a --reflink=always', baselineMs: cpReflink, target: '(comparison)' });
         rows.push({ fs: kind, what: 'copyTree auto (subvolume)', oursMs: auto, baseline: 'cp -a', baselineMs: cpPlain, target: '(comparison)' });

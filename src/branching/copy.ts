@@ -34,7 +34,7 @@ export interface CopyOptions {
   onProgress?: (p: CopyProgress) => void;
   /** Progress interval in ms (default 100). */
   progressMs?: number;
-  /** Worker threads of the walk (default: 2 × CPUs, clamped to 4..16). */
+  /** Worker threads of the walk (default: CPUs for reflink, 4 × CPUs for copy; clamped to 16). */
   threads?: number;
 }
 

@@ -1,5 +1,6 @@
 // The copy primitive on real filesystems (loop-mounted btrfs, XFS and ext4, made per test).
 // Needs root and the packages btrfs-progs and xfsprogs (e2fsprogs for ext4); python3 for xattrs.
+import { execFileSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -90,6 +91,28 @@ t.test('forced strategies', async (t) => {
   mkdirSync(join(mnt, 'plain'));
   await t.rejects(copyTree(join(mnt, 'plain'), join(mnt, 'x'), { strategy: 'subvolume' }), { code: 'copy_refused', status: 400 });
   t.notOk(existsSync(join(mnt, 'x')));
+});
+
+t.test('mount points and nested subvolumes are copied as empty directories', async (t) => {
+  if (!isRoot || !haveTool('mkfs.btrfs')) return t.plan(0, 'needs root and btrfs-progs');
+  const mnt = loopFs(t, 'btrfs', 512);
+  const src = join(mnt, 'src');
+  mkdirSync(src);
+  writeFileSync(join(src, 'top'), 'x');
+  await createSubvolume(join(src, 'nested'));
+  writeFileSync(join(src, 'nested', 'inner'), 'y');
+  mkdirSync(join(src, 'm'));
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', join(src, 'm')]);
+  try {
+    writeFileSync(join(src, 'm', 'mounted'), 'z');
+    const r = await copyTree(src, join(mnt, 'dest'));
+    t.equal(r.strategy, 'reflink');
+    t.same(listing(join(mnt, 'dest')), ['m', 'nested', 'top']);
+    t.same(listing(join(mnt, 'dest', 'nested')), [], 'nested subvolume: empty dir (as in a snapshot)');
+    t.same(listing(join(mnt, 'dest', 'm')), [], 'mount point: empty dir');
+  } finally {
+    execFileSync('umount', [join(src, 'm')]);
+  }
 });
 
 t.test('forced reflink on ext4 fails and leaves no dest', async (t) => {
