@@ -8,6 +8,12 @@
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-pthread"],
       "ldflags": ["-pthread"],
       "cflags_cc!": ["-fno-exceptions"]
+    },
+    {
+      "target_name": "loom-attach-relay",
+      "type": "executable",
+      "sources": ["src/attach-relay.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -7,7 +7,6 @@
  *   exits/<id>         conmon exit files (one fs.watch for all weavers, plus a slow poll)
  *   weavers/<id>/      bundle: meta.json, config.json, rootfs/ (overlay mount), layer/ (upper+work),
  *                      workspace/ (bind-mounted at /workspace), ctr.log, attach, ctl, winsz, pid files
- *   bin/               the attach relay
  */
 import { promises as fsp, watch as fsWatch, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
@@ -120,7 +119,7 @@ export class LocalProvisioner implements Provisioner {
     for (const d of [this.base, this.weaversDir, this.exitDir, join(this.base, 'runc'), join(this.base, 'tmp')]) await fsp.mkdir(d, { recursive: true });
     const info = await detectRuntime(this.opts.runtime ?? 'auto', join(this.base, 'tmp'));
     this.runtime = new ContainerRuntime(info, join(this.base, 'runc'));
-    this.relay = await ensureAttachRelay(join(this.base, 'bin'));
+    this.relay = await ensureAttachRelay();
     this.startExitWatcher();
     this.log.info({ runtime: info.name, version: info.version, relay: this.relay.cmd }, 'local backend ready');
     if (this.opts.prepareDefaultImage !== false) await this.ensureDefault();
