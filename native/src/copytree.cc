@@ -111,6 +111,14 @@ bool subvol_at(int pfd, const struct stat& st, const struct stat* parent) {
   return is_btrfs_fd(pfd);
 }
 
+// Is pfd/name the root of a mount? Removal never descends into another mount (a bind mount or a
+// /proc left in a container rootfs must not be emptied).
+bool mount_root(int pfd, const char* name) {
+  struct statx sx;
+  if (statx(pfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, &sx) != 0) return false;
+  return (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) && (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT);
+}
+
 int remove_at(int pfd, const std::string& name, const std::string& shown_path, CopyError& e) {
   struct stat st;
   if (fstatat(pfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
@@ -121,6 +129,10 @@ int remove_at(int pfd, const std::string& name, const std::string& shown_path, C
   if (!S_ISDIR(st.st_mode)) {
     if (unlinkat(pfd, name.c_str(), 0) == 0 || errno == ENOENT) return 0;
     set_err(e, ERR_IO, errno, "unlinkat", shown_path);
+    return -1;
+  }
+  if (mount_root(pfd, name.c_str())) {
+    set_err(e, ERR_REFUSED, EBUSY, "", shown_path, "refusing to remove " + shown_path + ": it is a mount point");
     return -1;
   }
   if (subvol_at(pfd, st, nullptr) && destroy_subvol(pfd, name.c_str()) == 0) return 0;
@@ -175,6 +187,12 @@ int remove_at(int pfd, const std::string& name, const std::string& shown_path, C
       if (de->d_type == DT_UNKNOWN || isdir) {
         if (fstatat(fd, n, &cst, AT_SYMLINK_NOFOLLOW) != 0) continue;
         isdir = S_ISDIR(cst.st_mode);
+        if (isdir && mount_root(fd, n)) {
+          std::string p = shown(shown_path, join(rel, n));
+          set_err(e, ERR_REFUSED, EBUSY, "", p, "refusing to remove " + p + ": it is a mount point");
+          rc = -1;
+          break;
+        }
         if (isdir && subvol_at(fd, cst, &dst) && destroy_subvol(fd, n) == 0) continue;
       }
       if (!isdir) {

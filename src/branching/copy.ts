@@ -7,8 +7,10 @@
  *  - `copy`:      copy_file_range (read/write fallback), holes kept with SEEK_DATA/SEEK_HOLE.
  *
  * Modes, owners, nanosecond timestamps, xattrs, symlinks (never followed), hardlinks, fifos,
- * device nodes and sparse files are preserved. On failure or cancel everything written is
- * removed again. Every other part of Loom copies trees through this module and nothing else.
+ * device nodes and sparse files are preserved. Directories on another device than the source
+ * root (mount points, nested btrfs subvolumes) are copied as empty directories, which is what a
+ * snapshot gives, so all strategies yield the same tree. On failure or cancel everything written
+ * is removed again. Every other part of Loom copies trees through this module and nothing else.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -183,6 +185,7 @@ export async function copyTree(src: string, dest: string, opts: CopyOptions = {}
 /**
  * Deletes a tree made by copyTree, including a btrfs subvolume (snapshot) and subvolumes nested
  * in it. A missing path is not an error; a symlink is removed itself, never what it points to.
+ * It never descends into a mount point: a tree holding one is refused (400 'copy_refused').
  */
 export async function removeTree(path: string): Promise<void> {
   try {

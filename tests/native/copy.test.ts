@@ -110,6 +110,8 @@ t.test('mount points and nested subvolumes are copied as empty directories', asy
     t.same(listing(join(mnt, 'dest')), ['m', 'nested', 'top']);
     t.same(listing(join(mnt, 'dest', 'nested')), [], 'nested subvolume: empty dir (as in a snapshot)');
     t.same(listing(join(mnt, 'dest', 'm')), [], 'mount point: empty dir');
+    await t.rejects(removeTree(src), { code: 'copy_refused' }, 'removal does not cross a mount point');
+    t.ok(existsSync(join(src, 'm', 'mounted')), 'the mounted filesystem is untouched');
   } finally {
     execFileSync('umount', [join(src, 'm')]);
   }
