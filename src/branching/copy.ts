@@ -14,11 +14,11 @@
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 
 import { LoomError } from '../common/errors.js';
+import { packageRoot } from '../common/package-root.js';
 
 export type CopyStrategy = 'subvolume' | 'reflink' | 'copy';
 
@@ -84,20 +84,6 @@ interface NativeAddon {
 }
 
 const STRATEGY_CODE: Record<'auto' | CopyStrategy, number> = { auto: 0, subvolume: 1, reflink: 2, copy: 3 };
-
-/**
- * The package root: the nearest ancestor of this module holding package.json and native/ (this
- * module runs as src/branching/copy.ts under tsx and as dist/branching/copy.js once built).
- */
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'native'))) return dir;
-    const up = dirname(dir);
-    if (up === dir) throw new LoomError(500, 'native_missing', 'cannot find the Loom package root (package.json with native/)');
-    dir = up;
-  }
-}
 
 let addon: NativeAddon | undefined;
 
