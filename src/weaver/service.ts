@@ -64,7 +64,7 @@ export class WeaverService {
     }
     for (const w of store.all()) {
       if (w.status === 'terminating') {
-        void this.remove(w.id, 'resumed interrupted delete');
+        this.removeInBackground(w.id, 'resumed interrupted delete');
         continue;
       }
       this.armExpiry(w);
@@ -182,7 +182,7 @@ export class WeaverService {
       } catch (e) {
         this.d.log.error({ weaver: id, err: e }, 'backend delete failed; will retry on the next sweep');
         this.d.store.setStatus(id, 'terminating', { reason: `delete failed: ${errorMessage(e)}` });
-        return;
+        throw new LoomError(500, 'delete_failed', `deleting weaver ${id} failed (${errorMessage(e)}); it stays terminating and is retried on the next sweep`);
       }
       this.d.store.remove(id);
       this.d.metrics.deleted.inc();
@@ -190,6 +190,10 @@ export class WeaverService {
     })().finally(() => this.deleting.delete(id));
     this.deleting.set(id, p);
     return p;
+  }
+
+  private removeInBackground(id: string, why: string): void {
+    this.remove(id, why).catch(() => undefined);
   }
 
   private clearTimers(id: string): void {
@@ -215,7 +219,7 @@ export class WeaverService {
     if (!this.d.store.get(id)) return;
     this.d.metrics.expired.inc();
     this.d.log.info({ weaver: id }, 'weaver lifetime ended');
-    void this.remove(id, 'lifetime ended');
+    this.removeInBackground(id, 'lifetime ended');
   }
 
   private armReady(w: Weaver): void {
@@ -235,7 +239,7 @@ export class WeaverService {
     const now = Date.now();
     for (const w of this.d.store.all()) {
       if (Date.parse(w.expires_at) <= now && !this.deleting.has(w.id)) this.expire(w.id);
-      else if (w.status === 'terminating' && !this.deleting.has(w.id)) void this.remove(w.id, 'retrying delete');
+      else if (w.status === 'terminating' && !this.deleting.has(w.id)) this.removeInBackground(w.id, 'retrying delete');
     }
   }
 

@@ -4,8 +4,7 @@
  */
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { startServer, freshDataDir, loomCli, tempDir, type TestServer } from '../support/server.js';
+import { startServer, freshDataDir, loomCli, mountsUnder, tempDir, type TestServer } from '../support/server.js';
 import { AttachClient, waitUntil } from '../support/attach.js';
 
 type Weaver = { id: string; status: string; reason?: string; org_id: string; expires_at: string; image: string };
@@ -45,12 +44,6 @@ async function refusal(p: Promise<AttachClient>): Promise<number> {
   }
 }
 
-function mountsUnder(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4] ?? '')
-    .filter((m) => m.startsWith(dir));
-}
 
 t.test('weaver lifecycle over HTTP and WebSocket', async (t) => {
   const srv = await startServer({ env: { LOOM_SERVER_WEAVER_MAX_CONCURRENT: '3' } });

@@ -2,8 +2,8 @@
  * Starts the real loom-server binary (dist/server/main.js) on a free port with a temporary data
  * dir, and runs the real `loom` binary against it. Build first (`npm test` runs tsc in pretest).
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { spawn, spawnSync, execFile, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -80,7 +80,18 @@ export async function startServer(opts: StartOptions = {}): Promise<TestServer> 
     async stop(signal = 'SIGTERM') {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
       const code = await exited;
-      if (!opts.keepData) rmSync(dataDir, { recursive: true, force: true });
+      if (!opts.keepData) {
+        // A mount left under the data dir is a leak: clean it up so the machine stays usable,
+        // then fail loudly with what the server said about it.
+        const leaked = mountsUnder(dataDir);
+        for (const m of leaked.reverse()) spawnSync('umount', ['-l', m]);
+        rmSync(dataDir, { recursive: true, force: true });
+        if (leaked.length) {
+          const ids = leaked.map((m) => /weavers\/([0-9a-f-]{36})/.exec(m)?.[1]).filter(Boolean) as string[];
+          const related = logs.filter((l) => ids.some((id) => l.includes(id))).slice(-40);
+          throw new Error(`mounts leaked under ${dataDir}: ${leaked.join(', ')}\n${related.join('\n')}`);
+        }
+      }
       return code;
     },
     async token(user, admin = false) {
@@ -109,6 +120,14 @@ export async function startServer(opts: StartOptions = {}): Promise<TestServer> 
   };
   void exited;
   return server;
+}
+
+/** Mount points at or below dir (from /proc/self/mountinfo; octal escapes decoded). */
+export function mountsUnder(dir: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => (l.split(' ')[4] ?? '').replace(/\\(\d{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))))
+    .filter((m) => m === dir || m.startsWith(dir + '/'));
 }
 
 export interface RunResult {
