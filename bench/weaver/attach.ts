@@ -5,6 +5,7 @@
  * no WebSocket), measured in the same run. Run as root after `npm run build`:
  *   npx tsx bench/weaver/attach.ts [keystrokes=2000] [MiB=256]
  */
+import { spawnSync } from 'node:child_process';
 import { pino } from 'pino';
 import { startServer } from '../../tests/support/server.js';
 import { AttachClient, waitUntil } from '../../tests/support/attach.js';
@@ -104,6 +105,11 @@ async function main(): Promise<void> {
     const floorMBs = await throughput({ send: (b) => stream2.write(b), onData: (cb) => stream2.onData(cb) }, MIB * 1048576);
     stream2.close();
 
+    // The pty itself, with no container, conmon or server: util-linux `script` copying a pty to /dev/null.
+    const t0 = performance.now();
+    spawnSync('script', ['-q', '-c', `head -c ${MIB * 1048576} /dev/zero`, '/dev/null'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    const ptyMBs = MIB / ((performance.now() - t0) / 1000);
+
     const row = (name: string, o: number, f: number, unit: string) =>
       `${name.padEnd(26)} ${o.toFixed(3).padStart(10)} ${f.toFixed(3).padStart(10)} ${(o / f).toFixed(2).padStart(7)}x  ${unit}`;
     console.log(`attach bench: ${KEYS} keystrokes, ${MIB} MiB of output`);
@@ -111,6 +117,7 @@ async function main(): Promise<void> {
     console.log(row('keystroke RTT p50', pct(oursKeys, 0.5), pct(floorKeys, 0.5), 'ms (target p99 < 5 ms)'));
     console.log(row('keystroke RTT p99', pct(oursKeys, 0.99), pct(floorKeys, 0.99), 'ms'));
     console.log(row('output throughput', oursMBs, floorMBs, 'MB/s (target >= 200 MB/s)'));
+    console.log(row('  vs a bare pty (script)', oursMBs, ptyMBs, 'MB/s: the ceiling of any terminal path on this host'));
   } finally {
     await direct?.close();
     for (const w of (await srv.api<{ weavers: { id: string }[] }>('GET', '/api/weavers', tok)).body.weavers ?? []) await srv.api('DELETE', `/api/weaver/${w.id}`, tok);
