@@ -26,17 +26,6 @@ import type { ContainerRow } from './store.js';
 export const MEMORY_DOWNGRADE_NO_CRIU = 'memory_state: CRIU unavailable; filesystem state only';
 export const MEMORY_DOWNGRADE_NOT_IMPLEMENTED = 'memory_state: process checkpointing not implemented; filesystem state only';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function pidAlive(pid: number): Promise<boolean> {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 export interface Layout {
   root: string;
   containers: string;
@@ -171,17 +160,7 @@ export class ContainerHost {
 
   /** Stops the process: SIGTERM, SIGKILL after graceMs. Leaves the rootfs and the runtime record. */
   async kill(id: string, graceMs = 2000): Promise<boolean> {
-    const rt = this.rt();
-    const st = await rt.state(id);
-    if (!st || st.status === 'stopped') return false;
-    if (st.status === 'paused') await rt.resume(id).catch(() => undefined);
-    await rt.kill(id, 'SIGTERM', true);
-    const deadline = Date.now() + graceMs;
-    while (Date.now() < deadline && (await pidAlive(st.pid))) await sleep(25);
-    if (await pidAlive(st.pid)) await rt.kill(id, 'SIGKILL', true);
-    const d2 = Date.now() + 3000;
-    while (Date.now() < d2 && (await pidAlive(st.pid))) await sleep(25);
-    return true;
+    return this.rt().stop(id, graceMs);
   }
 
   /** Stops and forgets the runtime container and its conmon. Idempotent. */

@@ -267,24 +267,30 @@ export class ContainerRuntime {
   }
 
   /**
-   * Stops and removes a container: SIGTERM, SIGKILL after graceMs, `delete --force`, and makes sure
-   * its conmon is gone. Idempotent.
+   * Stops a container's processes: thaws it if paused, SIGTERM, SIGKILL after graceMs (at once
+   * for one never started), then waits for the init process to go. Leaves the runtime record.
+   * Returns false when nothing was running.
    */
-  async remove(id: string, bundle?: string, graceMs = 2000): Promise<void> {
+  async stop(id: string, graceMs = 2000): Promise<boolean> {
     const st = await this.state(id);
-    if (st && (st.status === 'running' || st.status === 'paused' || st.status === 'created')) {
-      if (st.status === 'paused') await this.resume(id).catch(() => undefined);
-      if (st.status === 'created') {
-        await this.kill(id, 'SIGKILL', true);
-      } else {
-        await this.kill(id, 'SIGTERM', true);
-        const deadline = Date.now() + graceMs;
-        while (Date.now() < deadline && (await pidAlive(st.pid))) await sleep(50);
-        if (await pidAlive(st.pid)) await this.kill(id, 'SIGKILL', true);
-      }
-      const deadline2 = Date.now() + 3000;
-      while (Date.now() < deadline2 && (await pidAlive(st.pid))) await sleep(25);
+    if (!st || !(st.status === 'running' || st.status === 'paused' || st.status === 'created')) return false;
+    if (st.status === 'paused') await this.resume(id).catch(() => undefined);
+    if (st.status === 'created') {
+      await this.kill(id, 'SIGKILL', true);
+    } else {
+      await this.kill(id, 'SIGTERM', true);
+      const deadline = Date.now() + graceMs;
+      while (Date.now() < deadline && (await pidAlive(st.pid))) await sleep(25);
+      if (await pidAlive(st.pid)) await this.kill(id, 'SIGKILL', true);
     }
+    const deadline2 = Date.now() + 3000;
+    while (Date.now() < deadline2 && (await pidAlive(st.pid))) await sleep(25);
+    return true;
+  }
+
+  /** Stops and removes a container (stop, `delete --force`) and makes sure its conmon is gone. Idempotent. */
+  async remove(id: string, bundle?: string, graceMs = 2000): Promise<void> {
+    await this.stop(id, graceMs);
     await this.rt(['delete', '--force', id]);
     if (bundle) {
       // conmon exits once the container is gone; make sure of it.
