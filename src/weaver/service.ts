@@ -35,6 +35,9 @@ export class WeaverService {
   private readonly readyTimers = new Map<string, NodeJS.Timeout>();
   private readonly hubs = new Map<string, Promise<AttachHub>>();
   private readonly deleting = new Map<string, Promise<void>>();
+  // create() calls still in flight: a delete waits for them, or the backend could make the
+  // container or pod after we deleted it, and leak it.
+  private readonly creating = new Map<string, Promise<void>>();
   private sweepTimer: NodeJS.Timeout | null = null;
   private unwatch: (() => void) | null = null;
 
@@ -133,7 +136,11 @@ export class WeaverService {
     this.armExpiry(w);
     this.armReady(w);
     // Provisioning runs in the background: the request answers 202 at once.
-    provisioner.create(spec).catch((e: unknown) => this.fail(w.id, `could not create: ${errorMessage(e)}`));
+    const creating = provisioner
+      .create(spec)
+      .catch((e: unknown) => this.fail(w.id, `could not create: ${errorMessage(e)}`))
+      .finally(() => this.creating.delete(w.id));
+    this.creating.set(w.id, creating);
     return w;
   }
 
@@ -177,6 +184,7 @@ export class WeaverService {
       const hub = this.hubs.get(id);
       this.hubs.delete(id);
       void hub?.then((h) => h.close('weaver deleted')).catch(() => undefined);
+      await this.creating.get(id);
       try {
         await this.d.provisioner.delete(id);
       } catch (e) {

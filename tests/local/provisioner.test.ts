@@ -26,9 +26,8 @@ t.test('weaver lifecycle: pending → running, attach, resize, detach, reattach,
   const off = p.watch((w) => w.id === spec.id && events.push(w));
   t.teardown(off);
   const running = waitStatus(p, spec.id, ['running', 'failed']);
-  const t0 = Date.now();
   await p.create(spec);
-  t.ok(Date.now() - t0 < 1000, 'create returns fast');
+  t.notOk(events.some((e) => e.status === 'running'), 'create returns before the weaver runs (it does not wait)');
   const w = await running;
   t.equal(w.status, 'running', `running (${w.reason ?? ''})`);
   t.ok(w.startedAt instanceof Date, 'startedAt set');
@@ -151,24 +150,38 @@ t.test('logs follow honours AbortSignal', async (t) => {
   const ac = new AbortController();
   const got: string[] = [];
   setTimeout(() => ac.abort(), 800);
-  const t0 = Date.now();
+  // The container sleeps 60 s: the loop can only end here because the signal stopped it.
   for await (const chunk of p.logs(spec.id, { follow: true, signal: ac.signal })) got.push(chunk.toString());
-  t.ok(Date.now() - t0 < 3000, 'stopped on abort');
+  t.equal((await p.get(spec.id))?.status, 'running', 'stopped on abort while the weaver still runs');
   t.match(got.join(''), /first/);
   await p.delete(spec.id);
 });
 
 t.test('unknown image fails fast with a clear reason', async (t) => {
   const spec = weaverSpec({ image: 'nonexistent.invalid/loom-test/foo:1' });
-  const t0 = Date.now();
+  const seen: string[] = [];
+  const off = p.watch((w) => w.id === spec.id && seen.push(w.status));
+  t.teardown(off);
   await p.create(spec);
-  t.ok(Date.now() - t0 < 1000, 'create does not wait for the pull');
+  t.notOk(seen.includes('failed'), 'create does not wait for the pull');
   const w = await waitStatus(p, spec.id, ['failed', 'running'], 30_000);
   t.equal(w.status, 'failed');
   t.match(w.reason, /^image "nonexistent\.invalid\/loom-test\/foo:1" is not in the local store and could not be pulled: /);
-  t.ok(Date.now() - t0 < 25_000, `failed within the pull timeout (${Date.now() - t0} ms)`);
   await p.delete(spec.id);
   await t.rejects(p.create(weaverSpec({ image: '--bad image' })), { code: 'bad_image', status: 400 });
+});
+
+t.test('a delete while create is still in flight leaves nothing behind', async (t) => {
+  for (let i = 0; i < 5; i++) {
+    const spec = weaverSpec();
+    const creating = p.create(spec);
+    await p.delete(spec.id); // before create() has returned
+    await creating.catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 300));
+    t.equal(await p.get(spec.id), null, `round ${i}: the backend knows no such weaver`);
+    t.same(mountsMentioning(spec.id), [], `round ${i}: no mount left`);
+    t.same(processesMentioning(spec.id), [], `round ${i}: no conmon left`);
+  }
 });
 
 t.test('git clone failure fails the weaver with git\'s message, also in the logs', async (t) => {

@@ -217,19 +217,34 @@ export class LocalProvisioner implements Provisioner {
   // ---------------------------------------------------------------- create
 
   async create(spec: WeaverSpec): Promise<void> {
-    await this.start();
     if (this.closed) throw new LoomError(503, 'backend_closed', 'local provisioner is closed');
-    const dir = this.dir(spec.id);
     if (!isValidRef(spec.image)) throw new LoomError(400, 'bad_image', `invalid image reference ${JSON.stringify(spec.image)}`);
-    if (this.live.has(spec.id) || (await exists(dir))) throw new LoomError(409, 'conflict', `weaver ${spec.id} already exists`);
-    await fsp.mkdir(dir, { recursive: true });
-    const meta: WeaverMeta = { id: spec.id, image: spec.image, createdAt: new Date().toISOString(), phase: 'creating', hostname: hostnameFor(spec.id) };
-    await writeJsonAtomic(join(dir, 'meta.json'), meta);
+    if (this.live.has(spec.id)) throw new LoomError(409, 'conflict', `weaver ${spec.id} already exists`);
+    // Registered before the first await, so a delete() that comes in meanwhile waits for us.
     const abort = new AbortController();
     const l = this.setLive(spec.id, { status: 'pending', abort });
-    l.provisioning = this.mutex.run(spec.id, () => this.provision(spec, meta, abort.signal)).catch((e) => {
-      this.log.error({ weaver: spec.id, err: errorMessage(e) }, 'provisioning crashed');
-    });
+    const setup = (async () => {
+      await this.start();
+      const dir = this.dir(spec.id);
+      if (await exists(dir)) throw new LoomError(409, 'conflict', `weaver ${spec.id} already exists`);
+      await fsp.mkdir(dir, { recursive: true });
+      const meta: WeaverMeta = { id: spec.id, image: spec.image, createdAt: new Date().toISOString(), phase: 'creating', hostname: hostnameFor(spec.id) };
+      await writeJsonAtomic(join(dir, 'meta.json'), meta);
+      return meta;
+    })();
+    l.provisioning = setup.then(
+      (meta) =>
+        this.mutex.run(spec.id, () => this.provision(spec, meta, abort.signal)).catch((e) => {
+          this.log.error({ weaver: spec.id, err: errorMessage(e) }, 'provisioning crashed');
+        }),
+      () => undefined,
+    );
+    try {
+      await setup;
+    } catch (e) {
+      this.live.delete(spec.id);
+      throw e;
+    }
   }
 
   private async provision(spec: WeaverSpec, meta: WeaverMeta, signal: AbortSignal): Promise<void> {
