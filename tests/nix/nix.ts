@@ -2,7 +2,7 @@
 // No nixpkgs, no daemon, no store: `--store dummy://` and a private state dir, so it works on a
 // fresh machine where /nix does not exist.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,7 +17,11 @@ export const CANNOT_RUN_HERE =
 
 let sandbox: string | undefined;
 function nixEnv(): NodeJS.ProcessEnv {
-  sandbox ??= mkdtempSync(join(tmpdir(), 'loom-nix-'));
+  if (!sandbox) {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-nix-'));
+    process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+    sandbox = dir;
+  }
   return {
     PATH: process.env.PATH,
     HOME: join(sandbox, 'home'),

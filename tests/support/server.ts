@@ -34,8 +34,27 @@ export interface StartOptions {
   keepData?: boolean;
 }
 
+// Temporary folders made by a test file go when its process exits (a data dir still holding a
+// mount is left for the leak check in stop() to report).
+const madeDirs = new Set<string>();
+process.on('exit', () => {
+  for (const d of madeDirs) {
+    try {
+      if (mountsUnder(d).length === 0) rmSync(d, { recursive: true, force: true });
+    } catch {
+      /* best effort */
+    }
+  }
+});
+
+function madeDir(prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  madeDirs.add(d);
+  return d;
+}
+
 export function freshDataDir(prefix = 'loom-test-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  return madeDir(prefix);
 }
 
 export async function startServer(opts: StartOptions = {}): Promise<TestServer> {
@@ -159,5 +178,5 @@ export function loomCli(server: { url: string }, configDir: string) {
 }
 
 export function tempDir(prefix = 'loom-cli-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  return madeDir(prefix);
 }
