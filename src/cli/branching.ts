@@ -181,7 +181,7 @@ export function registerBranchingCommands(program: Command): void {
       const api = client(cmd);
       const q = o.container ? `?container_id=${enc(await resolveTarget(api, o.container))}` : '';
       const { snapshots } = await api.get<{ snapshots: SnapshotView[] }>(`/api/snapshots${q}`);
-      if (globals(cmd).json) return printJson({ snapshots, count: snapshots.length });
+      if (globals(cmd).json) return printJson(snapshots);
       printTable(
         ['SNAPSHOT', 'CONTAINER', 'PARENT', 'STATUS', 'MODE', 'PINNED', 'EXPIRES', 'CREATED'],
         snapshots.map((s) => [s.snapshot_id, short(s.container_id), short(s.parent_snapshot_id ?? undefined), s.status, s.consistency_mode, s.pinned ? 'yes' : 'no', s.expires_at ?? '-', s.created_at]),
@@ -296,7 +296,7 @@ export function registerBranchingCommands(program: Command): void {
     .option('--json', 'output JSON')
     .action(async (_o: unknown, cmd: Command) => {
       const { containers } = await client(cmd).get<{ containers: ContainerView[] }>('/api/containers');
-      if (globals(cmd).json) return printJson({ containers, count: containers.length });
+      if (globals(cmd).json) return printJson(containers);
       printTable(
         ['CONTAINER', 'NAME', 'STATUS', 'FROM', 'COMMAND', 'CREATED'],
         containers.map((c) => [c.id, c.name, c.status + (c.exit_code !== undefined ? ` (${c.exit_code})` : ''), c.source_snapshot_id ? `snapshot ${short(c.source_snapshot_id)}` : (c.source_path ?? '-'), JSON.stringify(c.command), c.created_at]),

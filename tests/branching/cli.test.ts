@@ -55,7 +55,7 @@ t.test('container create, snapshot (both forms), clone, fork, op --wait, snapsho
 
   const lsJson = await loom(['snapshot', 'ls', '--json']);
   t.equal(lsJson.code, 0, lsJson.stderr);
-  const snaps = (JSON.parse(lsJson.stdout) as { snapshots: { snapshot_id: string; labels: Record<string, string>; expires_at: string | null }[] }).snapshots;
+  const snaps = JSON.parse(lsJson.stdout) as { snapshot_id: string; labels: Record<string, string>; expires_at: string | null }[];
   t.equal(snaps.length, 2);
   const first = snaps.find((s) => s.snapshot_id === s1op.snapshot_id)!;
   t.same(first.labels, { k: 'v' });
