@@ -40,7 +40,7 @@ export interface CopyOptions {
   threads?: number;
 }
 
-export interface CopyResult {
+interface NativeCopyResult {
   strategy: CopyStrategy;
   /** Counts of what was written; all zero for a subvolume snapshot (the tree is not walked). */
   files: number;
@@ -49,17 +49,10 @@ export interface CopyResult {
   symlinks: number;
   hardlinks: number;
   specials: number;
-  elapsedMs: number;
 }
 
-interface NativeCopyResult {
-  strategy: CopyStrategy;
-  files: number;
-  dirs: number;
-  bytes: number;
-  symlinks: number;
-  hardlinks: number;
-  specials: number;
+export interface CopyResult extends NativeCopyResult {
+  elapsedMs: number;
 }
 
 interface NativeError extends Error {
