@@ -18,7 +18,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup.sh: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # npm ci compiles better-sqlite3, argon2 and native/ from source (.npmrc: build-from-source)
