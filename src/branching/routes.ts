@@ -1,10 +1,10 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
+import { Strict } from '../server/http/schema.js';
 import { principal } from '../server/http/auth.js';
 import { LoomError } from '../common/errors.js';
 import type { BranchingService, CloneRequest, CreateContainerRequest, ForkRequest, SnapshotRequest } from './service.js';
 
-const Strict = { additionalProperties: false } as const;
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, Strict);
 const StrMap = (maxProps: number) => Type.Record(Type.String({ minLength: 1, maxLength: 256 }), Type.String({ maxLength: 32768 }), { maxProperties: maxProps });
 const Argv = Type.Array(Type.String({ maxLength: 32768 }), { minItems: 1, maxItems: 1024 });

@@ -52,21 +52,28 @@ export class ApiClient {
 
   async request<T>(method: string, path: string, opts: { body?: unknown; auth?: boolean; rawBody?: RequestInit['body']; headers?: Record<string, string> } = {}): Promise<T> {
     const res = await this.raw(method, path, opts);
+    if (!res.ok) throw await ApiClient.errorOf(res);
     if (res.status === 204) return undefined as T;
     const text = await res.text();
-    let json: unknown = undefined;
     try {
-      json = text ? JSON.parse(text) : undefined;
+      return (text ? JSON.parse(text) : undefined) as T;
+    } catch {
+      return undefined as T; // not JSON
+    }
+  }
+
+  /** The one CliError for a failed response: the server's `{"error":{"message"}}`, or its text. */
+  static async errorOf(res: Response): Promise<CliError> {
+    const text = await res.text();
+    let err: { code?: string; message?: string } | undefined;
+    try {
+      err = (JSON.parse(text) as { error?: { code?: string; message?: string } }).error;
     } catch {
       /* not JSON */
     }
-    if (!res.ok) {
-      const err = (json as { error?: { code?: string; message?: string } } | undefined)?.error;
-      const msg = err?.message ?? (text.trim().slice(0, 200) || res.statusText);
-      const hint = res.status === 401 ? ' (run `loom login`)' : '';
-      throw new CliError(`${msg}${hint}`, 1, err?.code, res.status);
-    }
-    return json as T;
+    const msg = err?.message ?? (text.trim().slice(0, 200) || res.statusText);
+    const hint = res.status === 401 ? ' (run `loom login`)' : '';
+    return new CliError(`${msg}${hint}`, 1, err?.code, res.status);
   }
 
   get<T>(path: string) {

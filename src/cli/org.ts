@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { CliError } from './client.js';
 import { client, globals } from './context.js';
 import { printJson, printTable } from './output.js';
 
@@ -17,7 +18,6 @@ export async function resolveOrg(cmd: Command, ref: string): Promise<OrgView> {
   if (byId) return byId;
   const byName = orgs.filter((o) => o.name === ref);
   if (byName.length === 1) return byName[0]!;
-  const { CliError } = await import('./client.js');
   if (byName.length > 1) throw new CliError(`org name "${ref}" is ambiguous; use its slug or id`);
   throw new CliError(`org "${ref}" not found among your orgs (see \`loom org list\`)`);
 }

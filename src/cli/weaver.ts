@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { CliError, type ApiClient } from './client.js';
+import { ApiClient, CliError } from './client.js';
 import { client, globals } from './context.js';
 import { Progress, formatDuration, interactive, printJson, printTable } from './output.js';
 import { resolveOrg } from './org.js';
@@ -172,16 +172,7 @@ export function registerWeaverCommands(program: Command): void {
       const id = await resolveWeaverId(api, ref);
       const q = new URLSearchParams({ follow: opts.follow ? 'true' : 'false', ...(opts.tail !== undefined ? { tail: opts.tail } : {}) });
       const res = await api.raw('GET', `/api/weaver/${id}/logs?${q}`, { headers: { accept: 'text/event-stream' } });
-      if (!res.ok || !res.body) {
-        const text = await res.text();
-        let msg = text;
-        try {
-          msg = (JSON.parse(text) as { error: { message: string } }).error.message;
-        } catch {
-          /* raw text */
-        }
-        throw new CliError(msg);
-      }
+      if (!res.ok || !res.body) throw await ApiClient.errorOf(res);
       const decoder = new TextDecoder();
       let buf = '';
       for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {

@@ -41,14 +41,6 @@ export class AttachHub {
     return hub;
   }
 
-  get isEnded(): boolean {
-    return this.ended;
-  }
-
-  get clientCount(): number {
-    return this.clients.size;
-  }
-
   private remember(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.size += chunk.length;

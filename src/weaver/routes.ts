@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from '@sinclair/typebox';
+import { Strict } from '../server/http/schema.js';
 import type { WebSocket } from 'ws';
 import type { AppContext } from '../server/context.js';
 import { authenticate, bearerToken, principal, type Principal } from '../server/http/auth.js';
@@ -7,9 +8,7 @@ import { LoomError, isLoomError, unauthorized } from '../common/errors.js';
 import { newSecret, sha256 } from '../common/ids.js';
 import type { WeaverService } from './service.js';
 import type { CreateWeaverRequest } from './validation.js';
-import type { Weaver } from './store.js';
 
-const Strict = { additionalProperties: false } as const;
 const StrMap = Type.Record(Type.String({ maxLength: 256 }), Type.String({ maxLength: 32768 }), { maxProperties: 256 });
 const IdParams = Type.Object({ id: Type.String({ maxLength: 64 }) });
 const TICKET_TTL_SECONDS = 30;
@@ -29,21 +28,19 @@ export const CreateWeaverBody = Type.Object(
   Strict,
 );
 
-const view = (w: Weaver) => w;
-
 /** /api/weaver…: create, list, get, delete, logs (SSE) and attach tickets. Behind auth. */
 export async function registerWeaverApi(api: FastifyInstance, ctx: AppContext, svc: WeaverService): Promise<void> {
   api.post('/api/weaver', { schema: { body: CreateWeaverBody } }, async (req, reply) => {
     const w = await svc.create(principal(req).user, req.body as CreateWeaverRequest);
-    return reply.status(202).send(view(w));
+    return reply.status(202).send(w);
   });
 
   api.get('/api/weavers', async (req) => {
-    const weavers = svc.list(principal(req).user).map(view);
+    const weavers = svc.list(principal(req).user);
     return { weavers, count: weavers.length };
   });
 
-  api.get('/api/weaver/:id', { schema: { params: IdParams } }, async (req) => view(svc.visible(principal(req).user, (req.params as { id: string }).id)));
+  api.get('/api/weaver/:id', { schema: { params: IdParams } }, async (req) => svc.visible(principal(req).user, (req.params as { id: string }).id));
 
   api.delete('/api/weaver/:id', { schema: { params: IdParams } }, async (req, reply) => {
     await svc.delete(principal(req).user, (req.params as { id: string }).id);

@@ -43,10 +43,6 @@ export class WeaverService {
 
   constructor(private readonly d: WeaverServiceDeps) {}
 
-  get provisioner(): Provisioner {
-    return this.d.provisioner;
-  }
-
   /** Reconciles records with the backend, re-arms timers and starts the sweep. */
   async start(): Promise<void> {
     const { store, provisioner, log } = this.d;
@@ -206,9 +202,24 @@ export class WeaverService {
 
   private clearTimers(id: string): void {
     clearTimeout(this.expiryTimers.get(id));
-    clearTimeout(this.readyTimers.get(id));
     this.expiryTimers.delete(id);
+    this.disarmReady(id);
+  }
+
+  private disarmReady(id: string): void {
+    clearTimeout(this.readyTimers.get(id));
     this.readyTimers.delete(id);
+  }
+
+  /** The last lines of a weaver's output as the backend has them; empty when it has none. */
+  private async logTail(id: string, lines: number): Promise<Buffer[]> {
+    const out: Buffer[] = [];
+    try {
+      for await (const c of this.d.provisioner.logs(id, { tail: lines, follow: false })) out.push(c);
+    } catch {
+      /* no logs */
+    }
+    return out;
   }
 
   private armExpiry(w: Weaver): void {
@@ -258,16 +269,11 @@ export class WeaverService {
   private async fail(id: string, reason: string): Promise<void> {
     const w = this.d.store.get(id);
     if (!w || w.status === 'terminating') return;
-    let failureLog = '';
-    try {
-      for await (const chunk of this.d.provisioner.logs(id, { tail: FAILURE_LOG_LINES, follow: false })) failureLog += chunk.toString('utf8');
-    } catch {
-      /* no logs */
-    }
+    let failureLog = Buffer.concat(await this.logTail(id, FAILURE_LOG_LINES)).toString('utf8');
     if (!failureLog.includes(reason)) failureLog += (failureLog && !failureLog.endsWith('\n') ? '\n' : '') + reason + '\n';
     this.d.store.setStatus(id, 'failed', { reason, endedAt: new Date().toISOString(), failureLog });
     this.d.metrics.failed.inc();
-    this.readyTimers.delete(id);
+    this.disarmReady(id);
     this.d.log.warn({ weaver: id, reason }, 'weaver failed');
     await this.d.provisioner.delete(id).catch((e) => this.d.log.error({ weaver: id, err: e }, 'cleanup after failure failed'));
   }
@@ -281,8 +287,7 @@ export class WeaverService {
       case 'running':
         if (w.status !== 'pending' && w.status !== 'unknown') return;
         this.d.store.setStatus(b.id, 'running', { reason: null, startedAt: (b.startedAt ?? new Date()).toISOString() });
-        clearTimeout(this.readyTimers.get(b.id));
-        this.readyTimers.delete(b.id);
+        this.disarmReady(b.id);
         if (w.status === 'pending') this.d.metrics.createToRunning.observe((Date.now() - Date.parse(w.created_at)) / 1000);
         this.d.log.info({ weaver: b.id }, 'weaver running');
         return;
@@ -312,15 +317,7 @@ export class WeaverService {
   hub(id: string): Promise<AttachHub> {
     let h = this.hubs.get(id);
     if (h) return h;
-    h = (async () => {
-      const seed: Buffer[] = [];
-      try {
-        for await (const c of this.d.provisioner.logs(id, { tail: 100, follow: false })) seed.push(c);
-      } catch {
-        /* no scrollback to seed */
-      }
-      return AttachHub.open(() => this.d.provisioner.attach(id), seed, () => this.hubs.delete(id));
-    })();
+    h = (async () => AttachHub.open(() => this.d.provisioner.attach(id), await this.logTail(id, 100), () => this.hubs.delete(id)))();
     h.catch(() => this.hubs.delete(id));
     this.hubs.set(id, h);
     return h;

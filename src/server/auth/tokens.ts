@@ -1,5 +1,5 @@
 import type { Db } from '../store/db.js';
-import { newId, newSecret, nowIso, sha256 } from '../../common/ids.js';
+import { newId, newSecret, sha256 } from '../../common/ids.js';
 import { notFound } from '../../common/errors.js';
 
 export type TokenKind = 'session' | 'api' | 'web';
@@ -85,9 +85,5 @@ export class TokenService {
 
   revokeById(tokenId: string): void {
     this.db.prepare('DELETE FROM tokens WHERE id = ?').run(tokenId);
-  }
-
-  purgeExpired(): number {
-    return this.db.prepare('DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ?').run(nowIso()).changes;
   }
 }

@@ -109,18 +109,6 @@ export class OrgService {
     return { ...toOrg(r), role };
   }
 
-  /** Resolves a UUID, slug or name among the user's own orgs. */
-  resolveForUser(userId: string, ref: string): OrgWithRole {
-    const mine = this.listForUser(userId);
-    const hit = mine.find((o) => o.id === ref) ?? mine.find((o) => o.slug === ref) ?? mine.filter((o) => o.name === ref);
-    if (Array.isArray(hit)) {
-      if (hit.length === 1) return hit[0]!;
-      if (hit.length > 1) throw badRequest(`org name ${JSON.stringify(ref)} is ambiguous; use its slug or id`, 'ambiguous_org');
-      throw notFound('org');
-    }
-    return hit;
-  }
-
   /** Ids of every org the user belongs to (for listing org-scoped resources). */
   orgIdsOf(userId: string): string[] {
     return (this.db.prepare('SELECT org_id FROM org_members WHERE user_id = ?').all(userId) as { org_id: string }[]).map((r) => r.org_id);

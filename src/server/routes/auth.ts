@@ -1,9 +1,9 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { Type } from '@sinclair/typebox';
+import { Strict } from '../http/schema.js';
 import type { AppContext } from '../context.js';
 import { authenticate, bearerToken, principal, requireAuth } from '../http/auth.js';
 
-const Strict = { additionalProperties: false } as const;
 
 /** Device login (RFC 8628 style) and token management. */
 export const authRoutes: FastifyPluginAsync<{ ctx: AppContext }> = async (app, { ctx }) => {

@@ -1,11 +1,11 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { Type } from '@sinclair/typebox';
+import { Strict } from '../http/schema.js';
 import type { AppContext } from '../context.js';
 import { principal } from '../http/auth.js';
 import { badRequest, notFound } from '../../common/errors.js';
 import type { Role } from '../orgs/orgs.js';
 
-const Strict = { additionalProperties: false } as const;
 const OrgParams = Type.Object({ id: Type.String({ maxLength: 64 }) });
 const RoleT = Type.Union([Type.Literal('owner'), Type.Literal('admin'), Type.Literal('member')]);
 
