@@ -24,6 +24,7 @@ import { startSlirp, stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './ne
 import { OverlayMaterializer, unmountAll, type Materializer } from './rootfs.js';
 import { ContainerRuntime, bundleFiles, detectRuntime, type RuntimeState } from './runtime.js';
 import { buildOciSpec } from './spec.js';
+import { RuntimeHooks, type HookContext } from './hooks.js';
 import { exists, readJson, sleep, writeJsonAtomic } from './util.js';
 import { KeyedMutex } from '../../common/keyed-mutex.js';
 import { followLog, readLogTail } from './logs.js';
@@ -79,6 +80,8 @@ export class LocalProvisioner implements Provisioner {
   readonly images: ImageStore;
   readonly weaversDir: string;
   readonly exitDir: string;
+  /** Features plug into container setup and teardown here (hooks.ts); nothing else knows our paths. */
+  readonly hooks = new RuntimeHooks();
   private readonly log: Logger;
   private readonly opts: LocalProvisionerOptions;
   private readonly materializer: Materializer;
@@ -258,6 +261,7 @@ export class LocalProvisioner implements Provisioner {
       await this.rt().remove(id, dir, 0).catch(() => undefined);
       await stopSlirp(join(dir, 'slirp.pid'));
       await this.materializer.release(join(dir, 'layer'), join(dir, 'rootfs')).catch(() => undefined);
+      await this.hooks.removed(this.hookContext(id, spec), (h) => join(dir, 'hooks', h));
       meta.phase = 'failed';
       meta.reason = reason;
       await writeJsonAtomic(join(dir, 'meta.json'), meta).catch(() => undefined);
@@ -323,8 +327,10 @@ export class LocalProvisioner implements Provisioner {
         binds: [{ source: workspace, destination: '/workspace' }],
         consoleSize: { cols: 80, rows: 24 },
       });
+      const hookCtx = this.hookContext(spec.id, spec);
+      await this.hooks.spec(hookCtx, oci, (h) => join(dir, 'hooks', h));
       await fsp.writeFile(files.config, JSON.stringify(oci));
-      // 6. create under conmon, network, start
+      // 6. create under conmon, network, hooks, start
       let pid: number;
       try {
         ({ pid } = await this.rt().create({ id, bundle: dir, terminal: true, exitDir: this.exitDir }));
@@ -336,6 +342,12 @@ export class LocalProvisioner implements Provisioner {
         meta.slirp = (await startSlirp(pid, join(dir, 'slirp.pid')).catch(() => null)) !== null;
         if (!meta.slirp) this.log.warn({ weaver: id }, 'slirp4netns unavailable; weaver has loopback only');
       }
+      try {
+        await this.hooks.created({ ...hookCtx, pid, cgroupsPath: oci.linux.cgroupsPath }, (h) => join(dir, 'hooks', h));
+      } catch (e) {
+        return await fail(`container setup failed: ${errorMessage(e)}`);
+      }
+      if (signal.aborted) return;
       try {
         await this.rt().start(id);
       } catch (e) {
@@ -466,11 +478,18 @@ export class LocalProvisioner implements Provisioner {
     this.lastEmitted.delete(id);
   }
 
+  private hookContext(id: string, spec?: Pick<WeaverSpec, 'orgId' | 'ownerUserId'>): Omit<HookContext, 'stateDir'> {
+    return { id, kind: 'weaver', ...(spec ? { orgId: spec.orgId, ownerUserId: spec.ownerUserId } : {}) };
+  }
+
   private async destroy(id: string, dir: string): Promise<void> {
     await stopSlirp(join(dir, 'slirp.pid'));
     await this.rt().remove(id, dir, this.opts.stopGraceMs ?? 2000);
     await this.materializer.release(join(dir, 'layer'), join(dir, 'rootfs')).catch(() => undefined);
     await unmountAll(dir);
+    for (const f of await this.hooks.removed(this.hookContext(id), (h) => join(dir, 'hooks', h))) {
+      this.log.warn({ weaver: id, hook: f.hook, err: errorMessage(f.error) }, 'runtime hook failed on removal');
+    }
     await fsp.rm(dir, { recursive: true, force: true });
     await fsp.rm(join(this.exitDir, id), { force: true });
   }
