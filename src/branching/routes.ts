@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { Strict } from '../server/http/schema.js';
 import { principal } from '../server/http/auth.js';
-import { LoomError } from '../common/errors.js';
+import { noBody } from '../server/http/body.js';
 import type { BranchingService, CloneRequest, CreateContainerRequest, ForkRequest, SnapshotRequest } from './service.js';
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, Strict);
@@ -53,13 +53,6 @@ export const ForkBody = Type.Object(
 
 const WaitQuery = Type.Object({ wait: Type.Optional(Type.String({ pattern: '^[0-9]{1,3}(\\.[0-9]{1,3})?$' })) }, Strict);
 const SnapshotListQuery = Type.Object({ container_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })) }, Strict);
-
-/** Actions without parameters take no body or an empty JSON object. */
-function noBody(body: unknown): true {
-  if (body === undefined || body === null) return true;
-  if (typeof body === 'object' && !Array.isArray(body) && Object.keys(body).length === 0) return true;
-  throw new LoomError(400, 'invalid_request', 'body: this action takes no fields (send {} or nothing)');
-}
 
 /** Longest long-poll on GET /api/operations/:id?wait=SECONDS. */
 const MAX_WAIT_SECONDS = 60;

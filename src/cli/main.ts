@@ -8,6 +8,14 @@ import { registerWeaverCommands } from './weaver.js';
 import { registerImageCommands } from './image.js';
 import { registerBranchingCommands } from './branching.js';
 
+// `loom weaver ps | head -1`: the reader went away; there is nobody left to tell, so exit quietly.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    throw e;
+  });
+}
+
 const program = new Command('loom')
   .description('Loom: disposable development environments (weavers) and near-instant state branching')
   .option('--server-url <url>', `server URL (env LOOM_SERVER_URL, default ${DEFAULT_SERVER_URL})`)

@@ -21,6 +21,7 @@ export interface WeaverView {
 }
 
 const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const ENDED = new Set(['succeeded', 'failed', 'terminating']);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -146,7 +147,14 @@ export function registerWeaverCommands(program: Command): void {
       const now = Date.now();
       printTable(
         ['ID', 'IMAGE', 'STATUS', 'AGE', 'TTL'],
-        weavers.map((w) => [w.id, w.image, w.reason && w.status !== 'running' ? `${w.status} (${w.reason})` : w.status, formatDuration(now - Date.parse(w.created_at)), formatDuration(Date.parse(w.expires_at) - now)]),
+        // A weaver that already ended has no lifetime left to count down (its record stays until expiry).
+        weavers.map((w) => [
+          w.id,
+          w.image,
+          w.reason && w.status !== 'running' ? `${w.status} (${w.reason})` : w.status,
+          formatDuration(now - Date.parse(w.created_at)),
+          ENDED.has(w.status) ? '-' : formatDuration(Date.parse(w.expires_at) - now),
+        ]),
       );
     });
 
@@ -166,11 +174,12 @@ export function registerWeaverCommands(program: Command): void {
     .description('print a weaver\'s output')
     .option('-f, --follow', 'keep printing new output')
     .option('--tail <lines>', 'only the last N lines')
-    .action(async (ref: string, opts: { follow?: boolean; tail?: string }, cmd: Command) => {
+    .option('--plain', 'strip terminal escape sequences (colours, cursor moves, titles) and control characters')
+    .action(async (ref: string, opts: { follow?: boolean; tail?: string; plain?: boolean }, cmd: Command) => {
       if (opts.tail !== undefined && !/^\d+$/.test(opts.tail)) throw new CliError(`--tail must be a whole number (got ${opts.tail})`);
       const api = client(cmd);
       const id = await resolveWeaverId(api, ref);
-      const q = new URLSearchParams({ follow: opts.follow ? 'true' : 'false', ...(opts.tail !== undefined ? { tail: opts.tail } : {}) });
+      const q = new URLSearchParams({ follow: opts.follow ? 'true' : 'false', ...(opts.tail !== undefined ? { tail: opts.tail } : {}), ...(opts.plain ? { plain: '1' } : {}) });
       const res = await api.raw('GET', `/api/weaver/${id}/logs?${q}`, { headers: { accept: 'text/event-stream' } });
       if (!res.ok || !res.body) throw await ApiClient.errorOf(res);
       const decoder = new TextDecoder();

@@ -12,3 +12,9 @@ const CONTROLS = /[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]/g;
 export function stripTerminalEscapes(text: string): string {
   return text.replace(SEQUENCES, '').replace(CONTROLS, '');
 }
+
+/** True when the text holds NUL or another C0/C1 control character (tab included): not for names. */
+export function hasControlChars(text: string): boolean {
+  // eslint-disable-next-line no-control-regex
+  return /[\x00-\x1f\x7f-\x9f]/.test(text);
+}

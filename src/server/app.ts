@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto';
 import type { AppContext } from './context.js';
 import type { ServerComponent } from './component.js';
 import { installErrorHandling } from './http/errors.js';
+import { installJsonParser } from './http/body.js';
 import { requireAuth } from './http/auth.js';
 import { healthRoutes } from './routes/health.js';
 import { authRoutes } from './routes/auth.js';
@@ -25,6 +26,7 @@ export async function buildApp(ctx: AppContext, components: ServerComponent[]): 
   });
 
   installErrorHandling(app);
+  installJsonParser(app);
   await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
 
   app.addHook('onRequest', async (req, reply) => {

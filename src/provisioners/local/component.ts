@@ -5,12 +5,12 @@ import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
 import type { Config } from '../../server/config/load.js';
 import type { Logger } from '../../common/log.js';
-import { forbidden } from '../../common/errors.js';
+import { LoomError, forbidden, isLoomError } from '../../common/errors.js';
 import { principal } from '../../server/http/auth.js';
 import type { BackendHandle } from '../../weaver/component.js';
 import { LocalProvisioner } from './provisioner.js';
 import { DEFAULT_LOCAL_IMAGE } from './default-image.js';
-import type { ImageStore } from './images.js';
+import { isValidRef, type ImageStore } from './images.js';
 
 const IMAGE_UPLOAD_LIMIT = 16 * 1024 * 1024 * 1024;
 
@@ -50,15 +50,23 @@ async function registerImageRoutes(api: Parameters<NonNullable<BackendHandle['re
       },
       async (req, reply) => {
         if (!principal(req).user.is_admin) throw forbidden('importing images needs a server admin (the image store is shared by every org)');
+        // Validate everything the request names before reading a byte of the body.
+        const name = (req.query as { name?: string }).name;
+        if (name !== undefined && !isValidRef(name)) {
+          throw new LoomError(400, 'invalid_image_name', `invalid image name ${JSON.stringify(name)}: letters, digits and . _ / : @ + -, no "." or ".." segments`);
+        }
         const { mkdir } = await import('node:fs/promises');
         await mkdir(tmpRoot, { recursive: true });
         const dir = await mkdtemp(join(tmpRoot, 'upload-'));
+        const file = join(dir, 'image.tar');
         try {
-          const file = join(dir, 'image.tar');
           await pipeline(req.body as NodeJS.ReadableStream, createWriteStream(file));
-          const name = (req.query as { name?: string }).name;
           const img = await images.import(file, name);
           return reply.status(201).send(img);
+        } catch (e) {
+          // Messages name the upload, never the server's temp path.
+          if (isLoomError(e)) throw new LoomError(e.status, e.code, e.message.split(file).join('the uploaded archive').split(dir).join('the upload'));
+          throw e;
         } finally {
           await rm(dir, { recursive: true, force: true });
         }

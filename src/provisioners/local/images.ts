@@ -70,7 +70,8 @@ export function normalizeRef(ref: string): string {
 
 /** A plausible image reference: no spaces or shell-ish characters, not an option. */
 export function isValidRef(ref: string): boolean {
-  return /^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$/.test(ref);
+  // No "." or ".." path segments: a name is never a path (`../../etc`).
+  return /^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$/.test(ref) && !ref.split(/[/:@]/).some((seg) => seg === '.' || seg === '..');
 }
 
 const tagFor = (name: string): string => `n-${createHash('sha256').update(name).digest('hex').slice(0, 32)}`;
@@ -158,6 +159,7 @@ export class ImageStore {
     }
     const finalName = normalizeRef(name ?? recorded ?? '');
     if (!name && !recorded) throw new LoomError(400, 'bad_image', `${source} records no image name; give one`);
+    if (!isValidRef(finalName)) throw new LoomError(400, 'invalid_image_name', `invalid image name ${JSON.stringify(finalName)}`);
     return this.copyIn(transport, finalName, `import:${path}`, 300_000);
   }
 

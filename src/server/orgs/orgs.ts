@@ -69,6 +69,8 @@ export class OrgService {
   create(userId: string, name: string, slug?: string): OrgWithRole {
     const trimmed = name.trim();
     if (trimmed.length < 1 || trimmed.length > 100) throw badRequest('org name must be 1 to 100 characters', 'invalid_org_name');
+    // eslint-disable-next-line no-control-regex
+    if (/[\x00-\x1f\x7f-\x9f]/.test(trimmed)) throw badRequest('org name may not contain NUL or other control characters', 'invalid_org_name');
     const s = slug ?? slugify(trimmed);
     if (!SLUG_RE.test(s)) throw badRequest(`invalid slug ${JSON.stringify(s)}: lower-case letters, digits and -, 1 to 40 characters`, 'invalid_slug');
     const org = this.db.transaction(() => {

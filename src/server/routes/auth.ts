@@ -3,13 +3,17 @@ import { Type } from '@sinclair/typebox';
 import { Strict } from '../http/schema.js';
 import type { AppContext } from '../context.js';
 import { authenticate, bearerToken, principal, requireAuth } from '../http/auth.js';
+import { noBody } from '../http/body.js';
+import { badRequest, isLoomError } from '../../common/errors.js';
+import { hasControlChars } from '../../common/terminal.js';
 
 
 /** Device login (RFC 8628 style) and token management. */
 export const authRoutes: FastifyPluginAsync<{ ctx: AppContext }> = async (app, { ctx }) => {
   const base = () => ctx.baseUrl.replace(/\/+$/, '');
 
-  app.post('/auth/device/start', { schema: { body: Type.Optional(Type.Object({}, Strict)) } }, async () => {
+  app.post('/auth/device/start', async (req) => {
+    noBody(req.body);
     const s = ctx.device.start();
     return { ...s, verification_uri: `${base()}/device`, verification_uri_complete: `${base()}/device?code=${encodeURIComponent(s.user_code)}` };
   });
@@ -17,11 +21,22 @@ export const authRoutes: FastifyPluginAsync<{ ctx: AppContext }> = async (app, {
   app.post(
     '/auth/device/poll',
     { schema: { body: Type.Object({ device_code: Type.String({ minLength: 1, maxLength: 200 }) }, Strict) } },
-    async (req) => ctx.device.poll((req.body as { device_code: string }).device_code),
+    async (req) => {
+      // Unknown device codes count against the address like failed sign-ins.
+      const keys = [`addr:${req.ip}`];
+      ctx.loginLimiter.check(keys);
+      try {
+        return ctx.device.poll((req.body as { device_code: string }).device_code);
+      } catch (e) {
+        if (isLoomError(e) && e.code === 'invalid_device_code') ctx.loginLimiter.fail(keys);
+        throw e;
+      }
+    },
   );
 
-  app.post('/auth/logout', { schema: { body: Type.Optional(Type.Object({}, Strict)) } }, async (req, reply) => {
+  app.post('/auth/logout', async (req, reply) => {
     const p = authenticate(ctx, bearerToken(req));
+    noBody(req.body);
     ctx.tokens.revokeById(p.token.id);
     return reply.status(204).send();
   });
@@ -46,6 +61,7 @@ export const authRoutes: FastifyPluginAsync<{ ctx: AppContext }> = async (app, {
       },
       async (req, reply) => {
         const b = req.body as { name: string; expires_in_days?: number };
+        if (hasControlChars(b.name) || b.name.trim() === '') throw badRequest('token name may not be blank or contain NUL or other control characters', 'invalid_token_name');
         const { token, info } = ctx.tokens.issue(principal(req).user.id, 'api', b.name, b.expires_in_days ? { expiresInSeconds: b.expires_in_days * 86400 } : {});
         return reply.status(201).send({ token, ...info });
       },

@@ -57,11 +57,29 @@ ${msg ? `<p class="msg${msg.error ? ' err' : ''}">${esc(msg.text)}</p>` : '<p>En
     return user ? html(reply, 200, 'Approve device', codeForm(user, code)) : html(reply, 200, 'Sign in', loginForm(code));
   });
 
+  // Wrong passwords count per account and per client address (auth/login-limit.ts); a blocked
+  // key gets 429 with Retry-After, even with the right password, so a guess is never confirmed.
+  const limited = (reply: FastifyReply, code: string, keys: string[]) => {
+    const wait = ctx.loginLimiter.retryAfter(keys);
+    if (wait === 0) return null;
+    reply.header('retry-after', String(wait));
+    return html(reply, 429, 'Sign in', loginForm(code, `Too many failed sign-ins. Try again in ${wait} seconds.`));
+  };
+
   app.post('/device/login', async (req, reply) => {
     const b = (req.body ?? {}) as Record<string, string>;
     const code = String(b['code'] ?? '').slice(0, 20);
-    const user = await ctx.users.verifyPassword(String(b['username'] ?? ''), String(b['password'] ?? ''));
-    if (!user) return html(reply, 401, 'Sign in', loginForm(code, 'Wrong username or password.'));
+    const username = String(b['username'] ?? '').slice(0, 200);
+    const keys = [`user:${username.toLowerCase()}`, `addr:${req.ip}`];
+    const blocked = limited(reply, code, keys);
+    if (blocked) return blocked;
+    const user = await ctx.users.verifyPassword(username, String(b['password'] ?? ''));
+    if (!user) {
+      ctx.loginLimiter.fail(keys);
+      ctx.log.warn({ username, ip: req.ip }, 'device page: failed sign-in');
+      return html(reply, 401, 'Sign in', loginForm(code, 'Wrong username or password.'));
+    }
+    ctx.loginLimiter.succeed(keys[0]!);
     const { token } = ctx.tokens.issue(user.id, 'web', 'device page', { expiresInSeconds: 3600 });
     reply.header('set-cookie', `${COOKIE}=${encodeURIComponent(token)}; Path=/; HttpOnly; SameSite=Strict; Max-Age=3600`);
     return reply.redirect(`/device${code ? `?code=${encodeURIComponent(code)}` : ''}`, 303);
@@ -73,10 +91,20 @@ ${msg ? `<p class="msg${msg.error ? ' err' : ''}">${esc(msg.text)}</p>` : '<p>En
     const code = String(b['user_code'] ?? '').slice(0, 20);
     if (!user) return html(reply, 401, 'Sign in', loginForm(code, 'Your session ended; sign in again.'));
     const approve = b['decision'] !== 'deny';
+    // Guessing user codes is limited like passwords (per signed-in user and per address).
+    const keys = [`approve:${user.id}`, `addr:${req.ip}`];
+    const wait = ctx.loginLimiter.retryAfter(keys);
+    if (wait > 0) {
+      reply.header('retry-after', String(wait));
+      return html(reply, 429, 'Approve device', codeForm(user, code, { text: `Too many wrong codes. Try again in ${wait} seconds.`, error: true }));
+    }
     try {
       ctx.device.decide(code, user.id, approve);
     } catch (e) {
-      if (isLoomError(e)) return html(reply, e.status, 'Approve device', codeForm(user, code, { text: e.message, error: true }));
+      if (isLoomError(e)) {
+        ctx.loginLimiter.fail(keys);
+        return html(reply, e.status, 'Approve device', codeForm(user, code, { text: e.message, error: true }));
+      }
       throw e;
     }
     ctx.log.info({ user: user.username, approve }, 'device code decided');
