@@ -3,7 +3,7 @@ import type { TerminalStream } from './provisioner.js';
 /** One attached client (a WebSocket, in practice). */
 export interface AttachClient {
   sendData(chunk: Buffer): void;
-  sendControl(msg: { type: 'exit'; code: number | null } | { type: 'error'; message: string }): void;
+  sendControl(msg: { type: 'exit'; code: number | null } | { type: 'error'; message: string } | { type: 'replay'; from: number; to: number }): void;
   close(code: number, reason: string): void;
 }
 
@@ -18,6 +18,8 @@ export class AttachHub {
   private readonly clients = new Set<AttachClient>();
   private chunks: Buffer[] = [];
   private size = 0;
+  /** Bytes of output the hub has seen since it opened: the position of the end of the scrollback. */
+  private total = 0;
   private ended = false;
 
   private constructor(private readonly stream: TerminalStream, private readonly onEnd: () => void) {
@@ -44,6 +46,7 @@ export class AttachHub {
   private remember(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.size += chunk.length;
+    this.total += chunk.length;
     while (this.size > SCROLLBACK_BYTES && this.chunks.length > 1) this.size -= this.chunks.shift()!.length;
     if (this.size > SCROLLBACK_BYTES) {
       const only = this.chunks[0]!;
@@ -57,8 +60,16 @@ export class AttachHub {
     for (const c of this.clients) c.sendData(chunk);
   }
 
-  join(client: AttachClient): () => void {
-    if (this.size > 0) client.sendData(Buffer.concat(this.chunks));
+  /**
+   * Adds a client. It first gets `{type:"replay",from,to}` and the scrollback between those
+   * positions: all of it, or, for a client reconnecting with `since` (the position it had
+   * reached), only what it missed — `from` greater than `since` means older output was lost.
+   */
+  join(client: AttachClient, since?: number): () => void {
+    const start = this.total - this.size;
+    const from = since !== undefined && since >= start && since <= this.total ? since : start;
+    client.sendControl({ type: 'replay', from, to: this.total });
+    if (this.total > from) client.sendData(Buffer.concat(this.chunks).subarray(from - start));
     this.clients.add(client);
     return () => this.clients.delete(client);
   }

@@ -208,11 +208,13 @@ export async function registerWeaverAttach(app: FastifyInstance, ctx: AppContext
       try {
         const hub = await svc.hub(id);
         if (closed) return;
+        const sinceRaw = (req.query as Record<string, unknown>)['since'];
+        const since = typeof sinceRaw === 'string' && /^[0-9]{1,15}$/.test(sinceRaw) ? Number(sinceRaw) : undefined;
         leave = hub.join({
           sendData: (chunk) => socket.readyState === socket.OPEN && socket.send(chunk, { binary: true }),
           sendControl: (msg) => socket.readyState === socket.OPEN && socket.send(JSON.stringify(msg)),
           close: (code, reason) => socket.close(code, reason),
-        });
+        }, since);
         onFrame = (data, isBinary) => {
           if (isBinary) return hub.write(data);
           const msg = parseControl(data);
