@@ -2,7 +2,7 @@
  * The Kubernetes (k3s) backend: one pod per weaver in one namespace, status from a pod
  * informer (list + watch, never polling), attach and logs through the pod subresources.
  */
-import { CoreV1Api, KubeConfig, ListWatch, Watch, type V1Pod } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig, ListWatch, NetworkingV1Api, Watch, type V1Pod } from '@kubernetes/client-node';
 import { LoomError, errorMessage } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { WeaverConfig } from '../../server/config/load.js';
@@ -22,8 +22,10 @@ import { MAIN_CONTAINER, MANAGED_SELECTOR, podName } from './labels.js';
 import { streamPodLog } from './logs.js';
 import { buildPod, type PodSpecOptions } from './pod-spec.js';
 import { podToWeaver, weaverIdOf } from './status.js';
+import { DEFAULT_INTERNAL_CIDRS, buildNetworkPolicies } from './network-policy.js';
 
-export type KubernetesWeaverConfig = Pick<WeaverConfig, 'k8sNamespace' | 'kubeconfig' | 'imagePullSecrets' | 'audit'>;
+export type KubernetesWeaverConfig = Pick<WeaverConfig, 'k8sNamespace' | 'kubeconfig' | 'imagePullSecrets' | 'audit'> &
+  Partial<Pick<WeaverConfig, 'k8sNetworkPolicies' | 'k8sInternalCidrs'>>;
 
 export interface KubernetesProvisionerOptions {
   /** The weaver section of the server config (namespace, kubeconfig path, pull secrets, audit). */
@@ -53,6 +55,9 @@ export class KubernetesProvisioner implements Provisioner {
   readonly namespace: string;
   private readonly kc: KubeConfig;
   private readonly api: CoreV1Api;
+  private readonly net: NetworkingV1Api;
+  private readonly networkPolicies: boolean;
+  private readonly internalCidrs: string[];
   private readonly log: Logger;
   private readonly podOpts: PodSpecOptions;
   private readonly grace: number;
@@ -88,6 +93,9 @@ export class KubernetesProvisioner implements Provisioner {
     }
     this.kc = kc;
     this.api = this.kc.makeApiClient(CoreV1Api);
+    this.net = this.kc.makeApiClient(NetworkingV1Api);
+    this.networkPolicies = opts.config.k8sNetworkPolicies ?? true;
+    this.internalCidrs = opts.config.k8sInternalCidrs ?? DEFAULT_INTERNAL_CIDRS;
     this.podOpts = {
       namespace: this.namespace,
       imagePullSecrets: opts.config.imagePullSecrets,
@@ -109,6 +117,8 @@ export class KubernetesProvisioner implements Provisioner {
   async start(): Promise<void> {
     if (this.configError) throw this.configError;
     await this.checkNamespace();
+    if (this.networkPolicies) await this.ensureNetworkPolicies();
+    else this.log.warn({ namespace: this.namespace }, 'LOOM_SERVER_WEAVER_K8S_NETWORK_POLICIES is false: weaver pods are not isolated from each other or the cluster');
     const informer = new ListWatch<V1Pod>(
       `/api/v1/namespaces/${this.namespace}/pods`,
       new Watch(this.kc),
@@ -147,6 +157,38 @@ export class KubernetesProvisioner implements Provisioner {
     }
     const connErr = f.errno && /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|EAI_AGAIN)$/.test(f.errno);
     return new LoomError(503, 'kubernetes_unreachable', `kubernetes API ${this.server} unreachable: ${connErr ? f.errno : f.message}`);
+  }
+
+  /** Creates or updates the weaver NetworkPolicies (network-policy.ts); refuses to start without them. */
+  private async ensureNetworkPolicies(): Promise<void> {
+    for (const want of buildNetworkPolicies({ namespace: this.namespace, internalCidrs: this.internalCidrs })) {
+      const name = want.metadata!.name!;
+      try {
+        let current;
+        try {
+          current = await withTimeout(this.net.readNamespacedNetworkPolicy({ name, namespace: this.namespace }), this.timeoutMs, `reading NetworkPolicy ${name}`);
+        } catch (e) {
+          if (!isNotFound(e)) throw e;
+        }
+        if (!current) {
+          await withTimeout(this.net.createNamespacedNetworkPolicy({ namespace: this.namespace, body: want }), this.timeoutMs, `creating NetworkPolicy ${name}`);
+          this.log.info({ namespace: this.namespace, policy: name }, 'NetworkPolicy created');
+        } else {
+          const body = { ...want, metadata: { ...want.metadata, resourceVersion: current.metadata?.resourceVersion } };
+          await withTimeout(this.net.replaceNamespacedNetworkPolicy({ name, namespace: this.namespace, body }), this.timeoutMs, `updating NetworkPolicy ${name}`);
+        }
+      } catch (e) {
+        const f = describeApiError(e);
+        if (f.httpStatus === 401 || f.httpStatus === 403) {
+          throw new LoomError(
+            503,
+            'kubernetes_unauthorized',
+            `kubernetes API ${this.server} refused to manage NetworkPolicy ${name} in namespace "${this.namespace}" (${f.httpStatus}): grant get/create/update on networkpolicies.networking.k8s.io, or set LOOM_SERVER_WEAVER_K8S_NETWORK_POLICIES=false to run weavers without network isolation`,
+          );
+        }
+        throw this.unreachable(e, `ensuring NetworkPolicy ${name}`);
+      }
+    }
   }
 
   private async checkNamespace(): Promise<void> {

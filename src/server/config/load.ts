@@ -24,6 +24,8 @@ export interface WeaverConfig {
   defaultCpu: string;
   defaultMemory: string;
   k8sNamespace: string;
+  k8sNetworkPolicies: boolean;
+  k8sInternalCidrs: string[];
   kubeconfig: string;
   cleanupIntervalSecs: number;
   defaultTtlHours: number;
@@ -140,6 +142,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       defaultCpu: get<string>('LOOM_SERVER_WEAVER_DEFAULT_CPU'),
       defaultMemory: get<string>('LOOM_SERVER_WEAVER_DEFAULT_MEMORY'),
       k8sNamespace: get<string>('LOOM_SERVER_WEAVER_K8S_NAMESPACE'),
+      k8sNetworkPolicies: get<boolean>('LOOM_SERVER_WEAVER_K8S_NETWORK_POLICIES'),
+      k8sInternalCidrs: get<string[]>('LOOM_SERVER_WEAVER_K8S_INTERNAL_CIDRS'),
       kubeconfig: get<string>('KUBECONFIG'),
       cleanupIntervalSecs: get<number>('LOOM_SERVER_WEAVER_CLEANUP_INTERVAL_SECS'),
       defaultTtlHours: get<number>('LOOM_SERVER_WEAVER_DEFAULT_TTL_HOURS'),
@@ -161,6 +165,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (cfg.weaver.defaultTtlHours > cfg.weaver.maxTtlHours) {
     throw new ConfigError('LOOM_SERVER_WEAVER_DEFAULT_TTL_HOURS', `${cfg.weaver.defaultTtlHours} is over LOOM_SERVER_WEAVER_MAX_TTL_HOURS (${cfg.weaver.maxTtlHours})`);
   }
+  const cidr = /^(?:(?:\d{1,3}\.){3}\d{1,3}\/(?:3[0-2]|[12]?\d)|[0-9a-fA-F:]*:[0-9a-fA-F:]*\/(?:12[0-8]|1[01]\d|[1-9]?\d))$/;
+  const badCidr = cfg.weaver.k8sInternalCidrs.find((c) => !cidr.test(c));
+  if (badCidr !== undefined) throw new ConfigError('LOOM_SERVER_WEAVER_K8S_INTERNAL_CIDRS', `${JSON.stringify(badCidr)} (accepts comma-separated CIDRs such as 10.0.0.0/8,fc00::/7)`);
   if (cfg.weaver.audit.enabled && !cfg.weaver.audit.image) {
     throw new ConfigError('LOOM_SERVER_WEAVER_AUDIT_IMAGE', 'must be set when LOOM_SERVER_WEAVER_AUDIT_ENABLED is true');
   }

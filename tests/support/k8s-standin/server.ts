@@ -19,6 +19,7 @@ import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
 import { Pod } from 'kubernetes-models/v1';
+import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1';
 import { WebSocketServer, type WebSocket } from 'ws';
 
 export const STANDIN_BANNER = 'K8S STAND-IN API server (not a real cluster)';
@@ -164,6 +165,8 @@ export class K8sStandin {
   failNextCreateAfterStore = false;
   /** Pods allowed in each namespace (a ResourceQuota on pods); undefined = unlimited. */
   podQuota: number | undefined;
+  /** Fault injection: NetworkPolicy requests answer 403 (a service account without the RBAC). */
+  forbidNetworkPolicies = false;
   /** Watches answered with 410 Gone. */
   gone410 = 0;
 
@@ -171,6 +174,10 @@ export class K8sStandin {
   private readonly wss = new WebSocketServer({ noServer: true, handleProtocols: (protocols) => this.pickProtocol(protocols) });
   private readonly namespaces: Set<string>;
   private readonly pods = new Map<string, JsonPod>();
+  /** networking.k8s.io/v1 NetworkPolicies by `<ns>/<name>`, as stored (wire JSON). */
+  readonly networkPolicies = new Map<string, JsonObject>();
+  // Their own resourceVersion counter: pod watches replay pod events by the pod counter.
+  private npRv = 5000;
   private readonly logs = new Map<string, string>();
   private readonly logFollowers = new Map<string, Set<http.ServerResponse>>();
   private readonly attaches = new Map<string, Set<AttachConn>>();
@@ -557,10 +564,58 @@ export class K8sStandin {
         return this.send(res, 200, this.remove(ns, name, p));
       }
     }
+    if ((m = /^\/apis\/networking\.k8s\.io\/v1\/namespaces\/([^/]+)\/networkpolicies(?:\/([^/]+))?$/.exec(url.pathname))) {
+      return this.networkPolicy(method, decodeURIComponent(m[1]), m[2] ? decodeURIComponent(m[2]) : null, req, res);
+    }
     if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/log$/.exec(url.pathname)) && method === 'GET') {
       return this.log(decodeURIComponent(m[1]), decodeURIComponent(m[2]), query, req, res);
     }
     return this.send(res, 404, status(404, 'NotFound', 'the server could not find the requested resource'));
+  }
+
+  /** networking.k8s.io/v1 NetworkPolicy: list, get, create, replace (with resourceVersion), delete; schema-validated. */
+  private async networkPolicy(method: string, ns: string, name: string | null, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (!this.namespaces.has(ns)) return this.send(res, 404, status(404, 'NotFound', `namespaces "${ns}" not found`));
+    if (this.forbidNetworkPolicies) return this.send(res, 403, status(403, 'Forbidden', `networkpolicies.networking.k8s.io is forbidden: User "standin-user" cannot ${method === 'GET' ? 'get' : 'create'} resource "networkpolicies" in API group "networking.k8s.io" in the namespace "${ns}"`));
+    const key = (n: string) => `${ns}/${n}`;
+    const invalid = (n: string, errs: string[]) =>
+      this.send(res, 422, status(422, 'Invalid', `NetworkPolicy.networking.k8s.io "${n}" is invalid: ${errs.join('; ')}`, { name: n, kind: 'NetworkPolicy', causes: errs.map((message) => ({ reason: 'FieldValueInvalid', message })) }));
+    if (!name) {
+      if (method === 'GET') return this.send(res, 200, { kind: 'NetworkPolicyList', apiVersion: 'networking.k8s.io/v1', metadata: { resourceVersion: String(this.npRv) }, items: [...this.networkPolicies.entries()].filter(([k]) => k.startsWith(`${ns}/`)).map(([, v]) => v) });
+      if (method === 'POST') {
+        const body = (await this.body(req)) as JsonObject;
+        const n = String((body?.['metadata'] as JsonObject | undefined)?.['name'] ?? '');
+        const errs = validateNetworkPolicy(body, ns);
+        if (errs.length) return invalid(n, errs);
+        if (this.networkPolicies.has(key(n))) return this.send(res, 409, status(409, 'AlreadyExists', `networkpolicies.networking.k8s.io "${n}" already exists`, { name: n, kind: 'networkpolicies' }));
+        const stored = { ...body, metadata: { ...(body['metadata'] as JsonObject), namespace: ns, uid: `np-${++this.npRv}`, resourceVersion: String(this.npRv), generation: 1 } };
+        this.networkPolicies.set(key(n), stored);
+        return this.send(res, 201, stored);
+      }
+      return this.send(res, 405, status(405, 'MethodNotAllowed', `${method} not allowed`));
+    }
+    const cur = this.networkPolicies.get(key(name));
+    if (method === 'GET') return cur ? this.send(res, 200, cur) : this.send(res, 404, status(404, 'NotFound', `networkpolicies.networking.k8s.io "${name}" not found`, { name, kind: 'networkpolicies' }));
+    if (method === 'DELETE') {
+      if (!cur) return this.send(res, 404, status(404, 'NotFound', `networkpolicies.networking.k8s.io "${name}" not found`));
+      this.networkPolicies.delete(key(name));
+      return this.send(res, 200, status(200, '', 'deleted'));
+    }
+    if (method === 'PUT') {
+      const body = (await this.body(req)) as JsonObject;
+      if (!cur) return this.send(res, 404, status(404, 'NotFound', `networkpolicies.networking.k8s.io "${name}" not found`));
+      const errs = validateNetworkPolicy(body, ns);
+      if (errs.length) return invalid(name, errs);
+      const meta = body['metadata'] as JsonObject;
+      const curMeta = cur['metadata'] as JsonObject;
+      if (meta['resourceVersion'] !== curMeta['resourceVersion']) {
+        return this.send(res, 409, status(409, 'Conflict', `Operation cannot be fulfilled on networkpolicies.networking.k8s.io "${name}": the object has been modified; please apply your changes to the latest version and try again`));
+      }
+      const stored = { ...body, metadata: { ...meta, namespace: ns, uid: curMeta['uid'], resourceVersion: String(++this.npRv), generation: Number(curMeta['generation']) + 1 } };
+      this.networkPolicies.set(key(name), stored);
+      return this.send(res, 200, stored);
+    }
+    return this.send(res, 405, status(405, 'MethodNotAllowed', `${method} not allowed`));
   }
 
   private create(ns: string, body: unknown, res: http.ServerResponse): void {
@@ -731,4 +786,72 @@ export class K8sStandin {
 
 function cs(c: { name: string; image?: string }, state: ContainerState, ready: boolean): ContainerStatus {
   return { name: c.name, image: c.image ?? '', imageID: '', ready, restartCount: 0, started: !!state.running, state };
+}
+
+type JsonObject = Record<string, unknown>;
+
+/** A NetworkPolicy as the API server would check it: the published schema plus name and namespace rules. */
+export function validateNetworkPolicy(body: JsonObject | undefined, ns: string): string[] {
+  const errs: string[] = [];
+  if (!body || typeof body !== 'object') return ['body must be a NetworkPolicy object'];
+  if (body['kind'] !== 'NetworkPolicy' || body['apiVersion'] !== 'networking.k8s.io/v1') errs.push(`kind/apiVersion must be NetworkPolicy networking.k8s.io/v1, got ${String(body['kind'])} ${String(body['apiVersion'])}`);
+  try {
+    new NetworkPolicy(body as unknown as ConstructorParameters<typeof NetworkPolicy>[0]).validate();
+  } catch (e) {
+    errs.push(String((e as Error).message));
+  }
+  const meta = (body['metadata'] ?? {}) as JsonObject;
+  const name = String(meta['name'] ?? '');
+  if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(name) || name.length > 253) errs.push(`metadata.name: Invalid value: ${JSON.stringify(name)}`);
+  if (meta['namespace'] !== undefined && meta['namespace'] !== ns) errs.push('metadata.namespace: does not match the namespace of the request');
+  const spec = (body['spec'] ?? {}) as JsonObject;
+  if (!spec['podSelector']) errs.push('spec.podSelector: Required value');
+  // CIDRs must parse and every `except` must be a strict subset of its `cidr` (as the API server checks).
+  const rules = [...((spec['ingress'] as JsonObject[] | undefined) ?? []).flatMap((r) => (r['from'] as JsonObject[] | undefined) ?? []), ...((spec['egress'] as JsonObject[] | undefined) ?? []).flatMap((r) => (r['to'] as JsonObject[] | undefined) ?? [])];
+  for (const peer of rules) {
+    const block = peer['ipBlock'] as { cidr?: string; except?: string[] } | undefined;
+    if (!block) continue;
+    const outer = parseCidr(block.cidr ?? '');
+    if (!outer) {
+      errs.push(`ipBlock.cidr: Invalid value: ${JSON.stringify(block.cidr)}`);
+      continue;
+    }
+    for (const ex of block.except ?? []) {
+      const inner = parseCidr(ex);
+      if (!inner || inner.v6 !== outer.v6 || inner.bits <= outer.bits || !cidrContains(outer, inner.addr)) errs.push(`ipBlock.except: Invalid value: ${JSON.stringify(ex)}: must be a strict subset of ${block.cidr}`);
+    }
+  }
+  return errs;
+}
+
+/** A CIDR as a bigint address and prefix length (IPv4 or IPv6), or null. */
+export function parseCidr(c: string): { v6: boolean; addr: bigint; bits: number } | null {
+  const [ip, len] = c.split('/');
+  const bits = Number(len);
+  if (!ip || !/^\d{1,3}$/.test(len ?? '')) return null;
+  const addr = parseIp(ip);
+  if (!addr) return null;
+  if (bits > (addr.v6 ? 128 : 32)) return null;
+  return { v6: addr.v6, addr: addr.value, bits };
+}
+
+export function parseIp(ip: string): { v6: boolean; value: bigint } | null {
+  if (/^\d{1,3}(\.\d{1,3}){3}$/.test(ip)) {
+    const parts = ip.split('.').map(Number);
+    if (parts.some((p) => p > 255)) return null;
+    return { v6: false, value: parts.reduce((a, p) => (a << 8n) + BigInt(p), 0n) };
+  }
+  if (!/^[0-9a-fA-F:]+$/.test(ip) || (ip.match(/::/g) ?? []).length > 1) return null;
+  const [head, tail] = ip.includes('::') ? ip.split('::') : [ip, undefined];
+  const h = head ? head.split(':') : [];
+  const tl = tail !== undefined && tail !== '' ? tail.split(':') : [];
+  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - tl.length).fill('0'), ...tl];
+  if (groups.length !== 8 || groups.some((g) => !/^[0-9a-fA-F]{1,4}$/.test(g))) return null;
+  return { v6: true, value: groups.reduce((a, g) => (a << 16n) + BigInt(parseInt(g, 16)), 0n) };
+}
+
+export function cidrContains(c: { v6: boolean; addr: bigint; bits: number }, addr: bigint): boolean {
+  const width = c.v6 ? 128 : 32;
+  const shift = BigInt(width - c.bits);
+  return addr >> shift === c.addr >> shift;
 }
