@@ -9,12 +9,13 @@
       systems = [ "x86_64-linux" "aarch64-linux" ];
       forAllSystems = f: lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});
 
-      # The modules default their package to this flake's build for the host's system.
-      withPackage = module: { pkgs, ... }: {
-        imports = [ module ];
-        services.loom-server.package =
-          lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.loom;
-      };
+      # Every module is an attribute set (nix flake check rejects a path) with a `key`, so the
+      # module system includes it once however often it is imported (`default` and
+      # `loom-server` together, or from two places of a host's configuration).
+      module = name: attrs: {
+        _file = "${toString ./flake.nix}#nixosModules.${name}";
+        key = "loom#nixosModules.${name}";
+      } // attrs;
     in
     {
       packages = forAllSystems (system: pkgs:
@@ -38,9 +39,22 @@
         });
 
       nixosModules = {
-        loom-k3s = ./nixos-modules/loom-k3s.nix;
-        loom-server = withPackage ./nixos-modules/loom-server.nix;
-        default = {
+        loom-k3s = module "loom-k3s" { imports = [ ./nixos-modules/loom-k3s.nix ]; };
+        # services.loom-server.package defaults to this flake's build for the host's system
+        # (a plain definition at mkDefault in a keyed module: defined once however often
+        # imported). Without the flake, the module's own default builds ./nix/loom.nix with the
+        # host's pkgs.
+        loom-server = module "loom-server" {
+          imports = [
+            ./nixos-modules/loom-server.nix
+            ({ pkgs, ... }: {
+              key = "loom#nixosModules.loom-server/package";
+              services.loom-server.package =
+                lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.loom;
+            })
+          ];
+        };
+        default = module "default" {
           imports = [ self.nixosModules.loom-k3s self.nixosModules.loom-server ];
         };
       };
@@ -53,6 +67,8 @@
             inherit system;
             modules = [
               self.nixosModules.default
+              # Imported twice on purpose: the keyed modules are included once.
+              self.nixosModules.loom-server
               {
                 boot.loader.grub.enable = false;
                 fileSystems."/" = { device = "none"; fsType = "tmpfs"; };
