@@ -95,11 +95,14 @@
             kubeconfig = k8sHost.systemd.services.loom-server.environment.KUBECONFIG;
             optionsPresent = builtins.toJSON (map (p: lib.hasAttrByPath (lib.splitString "." p) k8sHost.services.loom-server) envLib.optionPaths);
             setupType = k8sHost.systemd.services.loom-k3s-setup.serviceConfig.Type;
+            k3sFlags = toString k8sHost.services.k3s.extraFlags;
           } ''
             ${pkgs.jq}/bin/jq -e --argjson a "$k8sEnv" --argjson b "$expected" -n '$a | with_entries(select(.key | startswith("LOOM_") or . == "KUBECONFIG")) == $b'
             test "$k8sUser" = loom-server
             test "$localUser" = root
-            test "$kubeconfig" = /etc/rancher/k3s/k3s.yaml
+            # loom-server reaches k3s through its namespaced account, never the cluster-admin file.
+            test "$kubeconfig" = /var/lib/loom-k3s/loom-server.kubeconfig
+            case "$k3sFlags" in *--write-kubeconfig-mode=0600*) ;; *) exit 1 ;; esac
             ${pkgs.jq}/bin/jq -e -n --argjson o "$optionsPresent" '$o | all'
             test "$setupType" = oneshot
             touch $out
