@@ -44,7 +44,7 @@ export const FULL_SAMPLE = {
       healthPort: 9191,
     },
   },
-  branching: { gcIntervalSecs: 300, testDelayMs: 25 },
+  branching: { gcIntervalSecs: 300 },
 };
 
 const FULL_ENV = {
@@ -75,7 +75,6 @@ const FULL_ENV = {
   LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT: '9190',
   LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT: '9191',
   LOOM_BRANCHING_GC_INTERVAL_SECS: '300',
-  LOOM_BRANCHING_TEST_DELAY_MS: '25',
 };
 
 const DEFAULT_ENV = {
@@ -101,7 +100,6 @@ const DEFAULT_ENV = {
   LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT: '9090',
   LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT: '9091',
   LOOM_BRANCHING_GC_INTERVAL_SECS: '60',
-  LOOM_BRANCHING_TEST_DELAY_MS: '0',
 };
 
 const mapped = VARIABLES.filter((v) => v.option !== null);
