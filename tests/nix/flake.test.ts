@@ -20,7 +20,7 @@ in self)`;
 const STANDIN_NIXOS = '(import (REPO + "/tests/nix/fixtures/standin-nixpkgs") { }).nixosSystem';
 
 /** A copy of the repository's files (what git would give nix: tracked and new, not ignored). */
-function repoCopy(t: Tap.Test): string {
+function repoCopy(t: { teardown(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'loom-flake-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const files = execFileSync('git', ['ls-files', '-co', '--exclude-standard', '-z'], { cwd: REPO, encoding: 'utf8' })
