@@ -32,7 +32,7 @@ let
     impureEnvVars = lib.fetchers.proxyImpureEnvVars ++ [ "NPM_CONFIG_REGISTRY" "npm_config_registry" ];
     registry = if npmRegistry == null then "" else npmRegistry;
     inherit (e) tarballPath;
-    buildCommand = "bash ${./fetch-npm-tarball.sh}";
+    buildCommand = "${stdenvNoCC.shell} ${./fetch-npm-tarball.sh}";
     preferLocalBuild = true;
   };
 
