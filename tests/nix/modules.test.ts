@@ -4,6 +4,8 @@
 // modules set, with NixOS 24.11's types. Covers the generated option types and defaults, the
 // unit's environment and sandbox by backend, loom-k3s' flags, setup unit, account and firewall.
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { KubeConfig } from '@kubernetes/client-node';
 import { VARIABLES, type VariableSpec } from '../../src/server/config/load.js';
 import { CANNOT_RUN_HERE, STANDIN, nixEval, nixEvalError, nixJson, requireNix } from './nix.js';
 
@@ -270,6 +272,44 @@ t.test('loom-k3s: setup unit keeps the admin kubeconfig root-only and writes the
   const list = JSON.parse(u.restartTriggers[0]!);
   t.equal(list.kind, 'List');
   t.same(list.items.map((i: any) => i.kind), ['ServiceAccount', 'Role', 'RoleBinding', 'ClusterRole', 'ClusterRoleBinding', 'Secret']);
+});
+
+t.test("loom-k3s-setup's jq program turns the account's token Secret into its kubeconfig", async (t) => {
+  const script = k3s({ enable: true }).services['loom-k3s-setup']!.script;
+  const m = /printf '%s' "\$secret" \| (jq [^\n]*?) '\n([\s\S]*?)' > "\$tmp"/.exec(script);
+  t.ok(m, 'the jq step is there');
+  const program = m![2]!;
+  const secret = { kind: 'Secret', data: { token: Buffer.from('tok.en-123').toString('base64'), 'ca.crt': 'Q0FEQVRB' } };
+  const r = spawnSync('jq', ['--arg', 'server', 'https://127.0.0.1:6443', '--arg', 'ns', 'loom-weavers', '--arg', 'user', 'loom-server', program], { input: JSON.stringify(secret), encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr);
+  t.same(JSON.parse(r.stdout), {
+    apiVersion: 'v1',
+    kind: 'Config',
+    clusters: [{ name: 'k3s', cluster: { server: 'https://127.0.0.1:6443', 'certificate-authority-data': 'Q0FEQVRB' } }],
+    users: [{ name: 'loom-server', user: { token: 'tok.en-123' } }],
+    contexts: [{ name: 'loom', context: { cluster: 'k3s', user: 'loom-server', namespace: 'loom-weavers' } }],
+    'current-context': 'loom',
+  });
+  // What loom-server's client library makes of it.
+  const kc = new KubeConfig();
+  kc.loadFromString(r.stdout);
+  t.equal(kc.getCurrentCluster()?.server, 'https://127.0.0.1:6443');
+  t.equal(kc.getCurrentUser()?.token, 'tok.en-123');
+  t.equal(kc.getContextObject(kc.getCurrentContext())?.namespace, 'loom-weavers');
+});
+
+t.test('the generated shell scripts parse (bash -n)', async (t) => {
+  const withSecret = k3s({ enable: true, ghcrSecret: { enable: true, username: 'u', tokenFile: '/run/t' } });
+  const scripts: Array<[string, string]> = [
+    ['loom-k3s-setup', k3s({ enable: true }).services['loom-k3s-setup']!.script],
+    ['loom-k3s-setup with ghcrSecret', withSecret.services['loom-k3s-setup']!.script],
+    ['loom-server-admin', both({ enable: true }, { enable: true, environmentFile: '/e', weaver: { backend: 'kubernetes' } }).adminWrapper!],
+  ];
+  for (const [name, text] of scripts) {
+    const r = spawnSync('bash', ['-n'], { input: text, encoding: 'utf8' });
+    t.equal(r.status, 0, `${name}: ${r.stderr}`);
+  }
+  t.not(spawnSync('bash', ['-n'], { input: 'if then', encoding: 'utf8' }).status, 0, 'bash -n does refuse bad syntax');
 });
 
 t.test('loom-k3s: the pull secret reads the token at run time, never from the store', async (t) => {
