@@ -134,3 +134,33 @@ t.test('checks: the module-eval check sees the namespaced account and a root-onl
   t.match(r.vm, /^\/nix\/store\/[a-z0-9]{32}-vm-test-run-loom-server\.drv$/, 'the VM test machine evaluates');
   t.equal(r.names, 'audit-sidecar-image loom module-eval vm-loom-server weaver-image');
 });
+
+t.test("the README's complete host evaluates: loom-server reaches k3s through the namespaced account", async (t) => {
+  const readme = readFileSync(join(REPO, 'README.md'), 'utf8');
+  const m = /```nix\n(# flake\.nix of the host\n[\s\S]*?)```/.exec(readme);
+  t.ok(m, 'the example is in the README');
+  const dir = mkdtempSync(join(tmpdir(), 'loom-host-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // The host's own hardware file is not ours: an empty module stands in for it.
+  writeFileSync(join(dir, 'hardware-configuration.nix'), '{ }\n');
+  writeFileSync(join(dir, 'flake.nix'), m![1]!);
+  const r = nixEval<{ failed: string[]; kubeconfig: string; pullSecrets: string; groups: string[]; adminKubeconfigMode: string; setup: boolean }>(`let
+      nixpkgs = (import (REPO + "/tests/nix/fixtures/standin-nixpkgs/flake.nix")).outputs { self = nixpkgs; };
+      loom = ${FLAKE};
+      host = ((import ${join(dir, 'flake.nix')}).outputs { inherit nixpkgs loom; }).nixosConfigurations.loom-host;
+      c = host.config; u = c.systemd.services.loom-server;
+    in builtins.seq host.toplevel {
+      failed = host.failedAssertions;
+      kubeconfig = u.environment.KUBECONFIG;
+      pullSecrets = u.environment.LOOM_SERVER_WEAVER_IMAGE_PULL_SECRETS;
+      groups = u.serviceConfig.SupplementaryGroups;
+      adminKubeconfigMode = c.services.k3s.extraFlags;
+      setup = c.systemd.services ? loom-k3s-setup;
+    }`);
+  t.same(r.failed, []);
+  t.equal(r.kubeconfig, '/var/lib/loom-k3s/loom-server.kubeconfig');
+  t.equal(r.pullSecrets, 'ghcr-secret');
+  t.same(r.groups, ['loom-k3s']);
+  t.match(r.adminKubeconfigMode, /--write-kubeconfig-mode=0600/);
+  t.ok(r.setup);
+});
