@@ -1,12 +1,12 @@
 import type { FastifyInstance } from 'fastify';
-import { loadConfig, type Config } from './config/load.js';
+import { loadConfig, testKnobs, type Config } from './config/load.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { migrate, openDatabase } from './store/db.js';
 import { coreMigrations } from './store/core-migrations.js';
 import { Metrics } from './metrics.js';
 import { OrgService } from './orgs/orgs.js';
 import { UserService } from './auth/users.js';
-import { TokenService } from './auth/tokens.js';
+import { TokenService, offsetClock } from './auth/tokens.js';
 import { DeviceFlow } from './auth/device.js';
 import type { AppContext } from './context.js';
 import type { ServerComponent } from './component.js';
@@ -24,7 +24,8 @@ export function openCore(config: Config, log: Logger, components: ServerComponen
   const applied = migrate(db, [coreMigrations, ...components.flatMap((c) => (c.migrations ? [c.migrations] : []))]);
   for (const m of applied) log.info({ component: m.component, version: m.version }, `migration applied: ${m.name}`);
   const orgs = new OrgService(db);
-  const tokens = new TokenService(db, config.sessionIdleDays * 86400);
+  const authClockFile = testKnobs().authClockFile;
+  const tokens = new TokenService(db, config.sessionIdleDays * 86400, authClockFile ? offsetClock(authClockFile) : Date.now);
   const ctx: AppContext = {
     config,
     db,
