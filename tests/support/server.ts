@@ -99,7 +99,7 @@ export async function startServer(opts: StartOptions = {}): Promise<TestServer> 
   liveServers.set(dataDir, proc);
   const logs: string[] = [];
   const url = await new Promise<string>((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error(`loom-server did not start in 30s:\n${logs.join('\n')}`)), 30_000);
+    const timer = setTimeout(() => reject(new Error(`loom-server did not start in 120s:\n${logs.join("\n")}`)), 120_000);
     const onLine = (line: string) => {
       logs.push(line);
       try {
