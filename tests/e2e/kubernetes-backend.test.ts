@@ -10,7 +10,7 @@ import { K8sStandin, STANDIN_BANNER } from '../support/k8s-standin/index.js';
 import { SERVER_BIN, freshDataDir, run, startServer, tempDir } from '../support/server.js';
 import { AttachClient, waitUntil } from '../support/attach.js';
 
-type Weaver = { id: string; status: string; reason?: string };
+type Weaver = { id: string; status: string; reason?: string; expires_at: string };
 
 t.comment(`these tests run loom-server against the ${STANDIN_BANNER}`);
 
