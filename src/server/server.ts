@@ -1,12 +1,12 @@
 import type { FastifyInstance } from 'fastify';
-import { loadConfig, type Config } from './config/load.js';
+import { loadConfig, testKnobs, type Config } from './config/load.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { migrate, openDatabase } from './store/db.js';
 import { coreMigrations } from './store/core-migrations.js';
 import { Metrics } from './metrics.js';
 import { OrgService } from './orgs/orgs.js';
 import { UserService } from './auth/users.js';
-import { TokenService } from './auth/tokens.js';
+import { TokenService, offsetClock } from './auth/tokens.js';
 import { DeviceFlow } from './auth/device.js';
 import { AccessEvents } from './events.js';
 import { StreamRegistry } from './streams.js';
@@ -28,7 +28,8 @@ export function openCore(config: Config, log: Logger, components: ServerComponen
   for (const m of applied) log.info({ component: m.component, version: m.version }, `migration applied: ${m.name}`);
   const events = new AccessEvents();
   const orgs = new OrgService(db, events);
-  const tokens = new TokenService(db, config.sessionIdleDays * 86400, events);
+  const authClockFile = testKnobs().authClockFile;
+  const tokens = new TokenService(db, config.sessionIdleDays * 86400, events, authClockFile ? offsetClock(authClockFile) : Date.now);
   const ctx: AppContext = {
     config,
     db,

@@ -238,9 +238,11 @@ export class WeaverService {
   }
 
   private expire(id: string): void {
-    if (!this.d.store.get(id)) return;
+    const w = this.d.store.get(id);
+    if (!w) return;
     this.d.metrics.expired.inc();
-    this.d.log.info({ weaver: id }, 'weaver lifetime ended');
+    // The expiry event: when it fired beside the deadline it enforced (the record is deleted next).
+    this.d.log.info({ weaver: id, expires_at: w.expires_at, fired_at: new Date().toISOString() }, 'weaver lifetime ended');
     this.removeInBackground(id, 'lifetime ended');
   }
 

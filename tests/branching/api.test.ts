@@ -7,7 +7,17 @@ import t from 'tap';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, type TestServer } from '../support/server.js';
-import { cleanupContainers, makeFixture, mutate, rootfsOf, runtimeState, sleep, snapshotDirOf, waitOp, type Op } from './helpers.js';
+import { cleanupContainers, makeFixture, mutate, rootfsOf, runtimeState, snapshotDirOf, waitOp, type Op } from './helpers.js';
+import { waitUntil } from '../support/attach.js';
+
+/** Whether the file exists with exactly this content. */
+function fileIs(path: string, content: string): boolean {
+  try {
+    return readFileSync(path, 'utf8') === content;
+  } catch {
+    return false;
+  }
+}
 
 interface Container { id: string; name: string; status: string; source_snapshot_id?: string; org_id: string }
 interface Snapshot { snapshot_id: string; parent_snapshot_id: string | null; container_id: string; status: string; pinned: boolean; frozen_ms?: number; expires_at: string | null }
@@ -18,18 +28,15 @@ let srv: TestServer;
 let token: string;
 let other: string;
 
+t.teardown(() => fx.cleanup());
+
 t.before(async () => {
-  srv = await startServer({ env: { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_GC_INTERVAL_SECS: '1' } });
+  // The server's teardown (runtime delete of its containers, leak check) is registered before it
+  // starts; the API cleanup below is registered later and so runs first.
+  srv = await startServer({ t, env: { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_GC_INTERVAL_SECS: '1' } });
+  t.teardown(() => cleanupContainers(srv, [token, other]));
   token = await srv.token('alice');
   other = await srv.token('mallory');
-});
-
-t.teardown(async () => {
-  if (srv) {
-    await cleanupContainers(srv, [token, other]);
-    await srv.stop();
-  }
-  fx.cleanup();
 });
 
 async function register(name: string, command: string[], start = true): Promise<Container> {
@@ -122,13 +129,13 @@ t.test('fork: snapshot + clone in one operation; the two trees diverge', async (
 
 t.test('a container process writes its own files; a fork made from it diverges', async (t) => {
   const writer = await register('writer', ['/bin/sh', '-c', 'echo parent > /from-process.txt; sleep 60']);
-  await sleep(300);
+  await waitUntil(async () => fileIs(join(rootfsOf(srv.dataDir, writer.id), 'from-process.txt'), 'parent\n'), 'the process to write its file');
   const op = await mutate(srv, token, 'POST', `/api/containers/${writer.id}/fork`, { resume_policy: 'manual', command: ['/bin/sh', '-c', 'echo child > /from-process.txt; sleep 60'] });
   t.equal(op.status, 'succeeded');
   const childRoot = rootfsOf(srv.dataDir, op.result_container_id!);
   t.equal(readFileSync(join(childRoot, 'from-process.txt'), 'utf8'), 'parent\n');
   await mutate(srv, token, 'POST', `/api/containers/${op.result_container_id}/resume`);
-  await sleep(500);
+  await waitUntil(async () => fileIs(join(childRoot, 'from-process.txt'), 'child\n'), "the fork's own process to write its file");
   t.equal(readFileSync(join(childRoot, 'from-process.txt'), 'utf8'), 'child\n');
   t.equal(readFileSync(join(rootfsOf(srv.dataDir, writer.id), 'from-process.txt'), 'utf8'), 'parent\n');
 });
@@ -136,7 +143,8 @@ t.test('a container process writes its own files; a fork made from it diverges',
 t.test('app-consistent snapshot of a busy writer is a frozen state and records frozen time', async (t) => {
   const script = 'i=0; while true; do i=$((i+1)); echo $i >> /log.txt; echo $i > /b.tmp; mv /b.tmp /b.txt; done';
   const w = await register('busy', ['/bin/sh', '-c', script]);
-  await sleep(500);
+  const log = join(rootfsOf(srv.dataDir, w.id), 'log.txt');
+  await waitUntil(async () => existsSync(log) && readFileSync(log, 'utf8').split('\n').length > 100, 'the writer to be busy');
   for (let round = 0; round < 3; round++) {
     const { op, snap } = await snapshot(w.id, { consistency_mode: 'app-consistent' });
     t.equal(op.status, 'succeeded', JSON.stringify(op));
@@ -151,9 +159,9 @@ t.test('app-consistent snapshot of a busy writer is a frozen state and records f
     t.ok(b === last || b === last - 1, `b.txt (${b}) agrees with the log's last line (${last})`);
   }
   // the writer was thawed: it keeps writing
-  const before = readFileSync(join(rootfsOf(srv.dataDir, w.id), 'log.txt'), 'utf8').length;
-  await sleep(300);
-  t.ok(readFileSync(join(rootfsOf(srv.dataDir, w.id), 'log.txt'), 'utf8').length > before, 'still running after the snapshot');
+  const before = readFileSync(log, 'utf8').length;
+  await waitUntil(async () => readFileSync(log, 'utf8').length > before, 'the writer to write again after the snapshots');
+  t.pass('still running after the snapshot');
   t.equal(runtimeState(srv.dataDir, w.id), 'running');
 });
 
@@ -195,8 +203,8 @@ t.test('pins and in-use snapshots', async (t) => {
   const del2 = await srv.api('DELETE', `/api/snapshots/${s.snapshot_id}`, token);
   t.equal(del2.status, 204);
   t.equal((await srv.api<{ error: { code: string } }>('GET', `/api/snapshots/${s.snapshot_id}`, token)).body.error.code, 'SNAPSHOT_NOT_FOUND');
-  await sleep(200);
-  t.notOk(existsSync(snapshotDirOf(srv.dataDir, s.snapshot_id)), 'tree removed');
+  await waitUntil(async () => !existsSync(snapshotDirOf(srv.dataDir, s.snapshot_id)), 'the snapshot tree to be removed');
+  t.pass('tree removed');
 
   // a snapshot with a live clone is in use until the clone is deleted
   const s2 = (await snapshot(c.id)).snap;
@@ -236,12 +244,15 @@ t.test('TTL garbage collection of expired unpinned snapshots; pinned ones surviv
   const gone = (await snapshot(c.id, { consistency_mode: 'crash-consistent', ttl_seconds: 1 })).snap;
   const kept = (await snapshot(c.id, { consistency_mode: 'crash-consistent', ttl_seconds: 1 })).snap;
   t.ok(gone.expires_at);
-  await srv.api('POST', `/api/snapshots/${kept.snapshot_id}/pin`, token);
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline && (await srv.api('GET', `/api/snapshots/${gone.snapshot_id}`, token)).status !== 404) await sleep(250);
-  t.equal((await srv.api('GET', `/api/snapshots/${gone.snapshot_id}`, token)).status, 404, 'expired snapshot collected');
-  await sleep(300);
-  t.notOk(existsSync(snapshotDirOf(srv.dataDir, gone.snapshot_id)));
+  t.equal((await srv.api<Snapshot>('POST', `/api/snapshots/${kept.snapshot_id}/pin`, token)).body.pinned, true);
+  // A marker that expires after the pinned one: once the collector has taken it, a collection ran
+  // after the pinned snapshot's expiry too, and would have taken it were the pin ignored.
+  const marker = (await snapshot(c.id, { consistency_mode: 'crash-consistent', ttl_seconds: 1 })).snap;
+  t.ok(Date.parse(marker.expires_at!) >= Date.parse(kept.expires_at!), 'the marker expires no earlier than the pinned snapshot');
+  await waitUntil(async () => (await srv.api('GET', `/api/snapshots/${gone.snapshot_id}`, token)).status === 404, 'the expired snapshot to be collected', 20_000);
+  await waitUntil(async () => (await srv.api('GET', `/api/snapshots/${marker.snapshot_id}`, token)).status === 404, 'the marker to be collected', 20_000);
+  await waitUntil(async () => !existsSync(snapshotDirOf(srv.dataDir, gone.snapshot_id)), 'the expired tree to be removed');
+  t.pass('expired snapshot and its tree collected');
   t.equal((await srv.api('GET', `/api/snapshots/${kept.snapshot_id}`, token)).status, 200, 'pinned survives');
   t.ok(existsSync(snapshotDirOf(srv.dataDir, kept.snapshot_id)));
 });
@@ -283,26 +294,40 @@ t.test('bad input', async (t) => {
 t.test("another org's containers, snapshots and operations are 404", async (t) => {
   const c = await register('private', ['/bin/sh', '-c', 'sleep 60'], false);
   const { op, snap } = await snapshot(c.id);
+  const owned = async () => ({
+    container: (await srv.api<Container>('GET', `/api/containers/${c.id}`, token)).body,
+    snapshot: (await srv.api<Snapshot>('GET', `/api/snapshots/${snap.snapshot_id}`, token)).body,
+    containers: (await srv.api<{ containers: Container[] }>('GET', '/api/containers', token)).body.containers.map((x) => x.id).sort(),
+    snapshots: (await srv.api<{ snapshots: Snapshot[] }>('GET', '/api/snapshots', token)).body.snapshots.map((x) => x.snapshot_id).sort(),
+  });
+  const before = await owned();
+  // Reads first, then calls that create or change state, destructive ones last: were isolation
+  // broken, an early delete must not make the later checks pass on objects that are gone.
   const paths: [string, string, unknown?][] = [
     ['GET', `/api/containers/${c.id}`],
-    ['DELETE', `/api/containers/${c.id}`],
-    ['POST', `/api/containers/${c.id}/kill`, {}],
-    ['POST', `/api/containers/${c.id}/resume`, {}],
+    ['GET', `/api/snapshots/${snap.snapshot_id}`],
+    ['GET', `/api/snapshots/${snap.snapshot_id}/lineage`],
+    ['GET', `/api/operations/${op.operation_id}`],
     ['POST', `/api/containers/${c.id}/snapshot`, { consistency_mode: 'crash-consistent' }],
     ['POST', `/api/containers/${c.id}/fork`, { resume_policy: 'manual' }],
-    ['GET', `/api/snapshots/${snap.snapshot_id}`],
-    ['DELETE', `/api/snapshots/${snap.snapshot_id}`],
-    ['GET', `/api/snapshots/${snap.snapshot_id}/lineage`],
+    ['POST', `/api/snapshots/${snap.snapshot_id}/clone`, { resume_policy: 'manual' }],
     ['POST', `/api/snapshots/${snap.snapshot_id}/pin`, {}],
     ['POST', `/api/snapshots/${snap.snapshot_id}/unpin`, {}],
-    ['POST', `/api/snapshots/${snap.snapshot_id}/clone`, { resume_policy: 'manual' }],
-    ['GET', `/api/operations/${op.operation_id}`],
+    ['POST', `/api/containers/${c.id}/resume`, {}],
+    ['POST', `/api/containers/${c.id}/kill`, {}],
+    ['DELETE', `/api/snapshots/${snap.snapshot_id}`],
+    ['DELETE', `/api/containers/${c.id}`],
   ];
-  for (const [m, p, b] of paths) t.equal((await srv.api(m, p, other, b)).status, 404, `${m} ${p}`);
   t.equal((await srv.api<{ containers: unknown[] }>('GET', '/api/containers', other)).body.containers.length, 0);
   t.equal((await srv.api<{ snapshots: unknown[] }>('GET', '/api/snapshots', other)).body.snapshots.length, 0);
   // registering into an org one is not a member of
   const r = await srv.api('POST', '/api/containers', other, { name: 'x', rootfs_path: fx.rootfs, command: ['/bin/true'], org_id: c.org_id });
-  t.equal(r.status, 404);
-  t.equal((await srv.api('GET', `/api/containers/${c.id}`, token)).status, 200, 'still there for its owner');
+  t.equal(r.status, 404, 'registering into the org is 404');
+  for (const [m, p, b] of paths) t.equal((await srv.api(m, p, other, b)).status, 404, `${m} ${p}`);
+  // Nothing of the owner's changed: same objects, same state, nothing new in the org.
+  const after = await owned();
+  t.equal(after.container.status, before.container.status, 'the container is untouched');
+  t.equal(after.snapshot.pinned, false, 'the snapshot is not pinned');
+  t.same(after, before, "the owner's containers and snapshots are all still there, unchanged");
+  t.equal(runtimeState(srv.dataDir, c.id), null, 'the created container was not started');
 });

@@ -8,19 +8,17 @@ let srv: TestServer;
 let token: string;
 let loom: ReturnType<typeof loomCli>;
 
+t.teardown(() => fx.cleanup());
+
 t.before(async () => {
-  srv = await startServer({ env: { LOOM_SERVER_WEAVER_ENABLED: 'false' } });
+  // The server's teardown (runtime delete, leak check) is registered before it starts; the API
+  // cleanup registered after it runs first.
+  srv = await startServer({ t, env: { LOOM_SERVER_WEAVER_ENABLED: 'false' } });
+  t.teardown(() => cleanupContainers(srv, [token]));
   token = await srv.token('carol');
   loom = loomCli(srv, tempDir());
   const login = await loom(['login', '--token', token]);
   if (login.code !== 0) throw new Error(login.stderr);
-});
-t.teardown(async () => {
-  if (srv) {
-    await cleanupContainers(srv, [token]);
-    await srv.stop();
-  }
-  fx.cleanup();
 });
 
 interface OpJson { operation_id: string; status: string; container_id?: string; snapshot_id?: string; result_container_id?: string; capability_downgrades: string[] }

@@ -68,4 +68,3 @@ export function forceRuntimeCleanup(dataDir: string): void {
   for (const id of (r.stdout ?? '').split('\n').filter(Boolean)) spawnSync('runc', ['--root', root, 'delete', '--force', id], { stdio: 'ignore' });
 }
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -4,43 +4,39 @@
  * and the container (which outlives the server under conmon) is still known and running.
  */
 import t from 'tap';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { freshDataDir, startServer, type TestServer } from '../support/server.js';
-import { cleanupContainers, forceRuntimeCleanup, makeFixture, mutate, runtimeState, sleep, snapshotDirOf, type Op } from './helpers.js';
+import { forceRuntimeCleanup, makeFixture, mutate, runtimeState, snapshotDirOf, type Op } from './helpers.js';
+import { waitUntil } from '../support/attach.js';
 
 t.test('restart in the middle of an operation', async (t) => {
   const fx = makeFixture();
+  t.teardown(() => fx.cleanup());
   const dataDir = freshDataDir();
   const env = { LOOM_SERVER_WEAVER_ENABLED: 'false' };
-  let srv: TestServer = await startServer({ dataDir, keepData: true, env });
+  // Each server registers its teardown (runtime delete of the data dir's containers) before it
+  // starts; the last one also checks for leftovers and removes the data dir.
+  let srv: TestServer = await startServer({ t, dataDir, keepData: true, env });
   let token = await srv.token('alice');
-  t.teardown(async () => {
-    await cleanupContainers(srv, [token]).catch(() => undefined);
-    await srv.stop();
-    forceRuntimeCleanup(dataDir);
-    rmSync(dataDir, { recursive: true, force: true });
-    fx.cleanup();
-  });
   const create = await mutate(srv, token, 'POST', '/api/containers', { name: 'r', rootfs_path: fx.rootfs, command: ['/bin/sh', '-c', 'sleep 120'], start_immediately: true });
   t.equal(create.status, 'succeeded');
   const cid = create.container_id!;
   await srv.stop();
 
   // again, with operations that sleep after copying so the kill lands mid-operation
-  srv = await startServer({ dataDir, keepData: true, env: { ...env, LOOM_BRANCHING_TEST_DELAY_MS: '20000' } });
+  srv = await startServer({ t, dataDir, keepData: true, env: { ...env, LOOM_BRANCHING_TEST_DELAY_MS: '20000' } });
   const r = await srv.api<Op>('POST', `/api/containers/${cid}/snapshot`, token, { consistency_mode: 'crash-consistent' });
   t.equal(r.status, 202);
   const sid = r.body.snapshot_id!;
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline && !existsSync(join(snapshotDirOf(dataDir, sid), 'rootfs', 'hello.txt'))) await sleep(50);
-  t.ok(existsSync(join(snapshotDirOf(dataDir, sid), 'rootfs', 'hello.txt')), 'the copy is on disk');
+  await waitUntil(async () => existsSync(join(snapshotDirOf(dataDir, sid), 'rootfs', 'hello.txt')), 'the copy to be on disk', 10_000, 50);
+  t.pass('the copy is on disk');
   const mid = await srv.api<Op>('GET', `/api/operations/${r.body.operation_id}`, token);
   t.equal(mid.body.status, 'running');
   mkdirSync(join(dataDir, 'branching', 'snapshots', 'orphan-tree'));
   await srv.stop('SIGKILL');
 
-  srv = await startServer({ dataDir, keepData: true, env });
+  srv = await startServer({ t, dataDir, keepData: true, env });
   token = await srv.token('alice');
   const op = await srv.api<Op>('GET', `/api/operations/${r.body.operation_id}`, token);
   t.equal(op.status, 200);
@@ -61,6 +57,6 @@ t.test('restart in the middle of an operation', async (t) => {
   // a container whose process died while the server was down is stopped after restart
   await srv.stop();
   forceRuntimeCleanup(dataDir);
-  srv = await startServer({ dataDir, keepData: true, env });
+  srv = await startServer({ t, dataDir, env });
   t.equal((await srv.api<{ status: string }>('GET', `/api/containers/${cid}`, token)).body.status, 'stopped');
 });

@@ -11,13 +11,12 @@ import { AttachClient, waitUntil } from '../support/attach.js';
 import { cleanupContainers, mutate, rootfsOf } from './helpers.js';
 
 t.test('snapshot, clone and fork a running local weaver', async (t) => {
-  const srv = await startServer();
+  const srv = await startServer({ t });
   const tok = await srv.token('brancher');
   const other = await srv.token('outsider');
   t.teardown(async () => {
     await cleanupContainers(srv, [tok]);
-    for (const w of (await srv.api<{ weavers: { id: string }[] }>('GET', '/api/weavers', tok)).body.weavers ?? []) await srv.api('DELETE', `/api/weaver/${w.id}`, tok);
-    await srv.stop();
+    for (const w of (await srv.api<{ weavers: { id: string }[] }>('GET', '/api/weavers', tok).catch(() => null))?.body.weavers ?? []) await srv.api('DELETE', `/api/weaver/${w.id}`, tok).catch(() => undefined);
   });
 
   const created = await srv.api<{ id: string }>('POST', '/api/weaver', tok, {});

@@ -1,18 +1,36 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import Database from 'better-sqlite3';
-import { CLI_BIN, SERVER_BIN, freshDataDir, loomCli, run, startServer, tempDir } from '../support/server.js';
+import { CLI_BIN, SERVER_BIN, freshDataDir, loomCli, run, startServer, tempDir, type TestServer } from '../support/server.js';
 
 type Org = { id: string; slug: string; name: string; is_personal: boolean; role: string };
 type Err = { error: { code: string; message: string } };
 
+const sha256hex = (s: string) => createHash('sha256').update(s).digest('hex');
+
+/** A session token through the device flow, over HTTP only (user with a password, approve, poll). */
+async function deviceSession(srv: TestServer, user: string): Promise<string> {
+  const pw = await run(process.execPath, [SERVER_BIN, 'admin', 'passwd', '--user', user], { env: srv.env, input: 'correct horse battery\n' });
+  if (pw.code !== 0) throw new Error(pw.stderr);
+  const start = await srv.api<{ device_code: string; user_code: string }>('POST', '/auth/device/start', null, {});
+  const form = (o: Record<string, string>) => new URLSearchParams(o);
+  const login = await fetch(`${srv.url}/device/login`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form({ username: user, password: 'correct horse battery', code: start.body.user_code }), redirect: 'manual' });
+  const cookie = login.headers.get('set-cookie')!.split(';')[0]!;
+  const approve = await fetch(`${srv.url}/device/approve`, { method: 'POST', headers: { cookie, 'content-type': 'application/x-www-form-urlencoded' }, body: form({ user_code: start.body.user_code, decision: 'approve' }) });
+  if (approve.status !== 200) throw new Error(`approve: ${approve.status}`);
+  const poll = await srv.api<{ access_token: string }>('POST', '/auth/device/poll', null, { device_code: start.body.device_code });
+  return poll.body.access_token;
+}
+
 t.test('appliance core end to end', async (t) => {
-  const srv = await startServer();
-  t.teardown(() => srv.stop());
+  // The token service's clock is moved through this file (a test-only knob, see testKnobs()).
+  const clockFile = join(tempDir(), 'auth-clock-offset-ms');
+  const srv = await startServer({ t, env: { LOOM_TEST_AUTH_CLOCK_FILE: clockFile } });
 
   await t.test('health and metrics need no token', async (t) => {
     const h = await srv.api<{ status: string; checks: Record<string, { ok: boolean }> }>('GET', '/health', null);
@@ -51,18 +69,58 @@ t.test('appliance core end to end', async (t) => {
     t.equal(r.body.error.code, 'invalid_token');
     const left = db.prepare("SELECT COUNT(*) AS n FROM tokens WHERE user_id = (SELECT id FROM users WHERE username = 'carol')").get() as { n: number };
     t.equal(left.n, 0, 'expired token deleted');
-    const hashes = db.prepare('SELECT token_hash FROM tokens').all() as { token_hash: string }[];
-    t.notOk(hashes.some((h) => h.token_hash === alice || h.token_hash.startsWith('loom_')), 'tokens are stored hashed');
+    const hashes = db.prepare('SELECT token_hash FROM tokens WHERE user_id = (SELECT id FROM users WHERE username = ?)').all('alice') as { token_hash: string }[];
+    t.same(hashes.map((h) => h.token_hash), [sha256hex(alice)], "alice's one token is stored as the SHA-256 of the token, nothing else");
+    const all = db.prepare('SELECT token_hash FROM tokens').all() as { token_hash: string }[];
+    for (const h of all) t.match(h.token_hash, /^[0-9a-f]{64}$/, 'every stored token is a SHA-256 hex digest');
     db.close();
   });
 
-  await t.test('session tokens slide their expiry on use', async (t) => {
+  await t.test('API tokens: created, listed without the secret', async (t) => {
     const tok = await srv.api<{ token: string }>('POST', '/api/tokens', alice, { name: 'ci', expires_in_days: 1 });
     t.equal(tok.status, 201);
     t.match(tok.body.token, /^loom_a_/);
     const list = await srv.api<{ tokens: { name: string }[] }>('GET', '/api/tokens', alice);
     t.ok(list.body.tokens.some((x) => x.name === 'ci'));
     t.notOk(JSON.stringify(list.body).includes(tok.body.token), 'token listing never shows the secret');
+  });
+
+  await t.test('session tokens slide their expiry on use, and expire when idle', async (t) => {
+    t.teardown(() => writeFileSync(clockFile, '0'));
+    const setClock = (offsetMs: number) => writeFileSync(clockFile, String(offsetMs));
+    type Me = { token: { kind: string; expires_at: string } };
+    const session = await deviceSession(srv, 'erin');
+    t.match(session, /^loom_s_/, 'the device flow hands out a session token');
+    const db = new Database(join(srv.dataDir, 'loom.db'), { readonly: true });
+    t.teardown(() => db.close());
+    const stored = () => (db.prepare('SELECT expires_at FROM tokens WHERE token_hash = ?').get(sha256hex(session)) as { expires_at: string } | undefined)?.expires_at;
+
+    const me0 = await srv.api<Me>('GET', '/api/me', session);
+    t.equal(me0.status, 200);
+    t.equal(me0.body.token.kind, 'session');
+    const e0 = Date.parse(me0.body.token.expires_at);
+    t.equal(stored(), me0.body.token.expires_at, 'the expiry the API shows is the stored one');
+
+    // Two minutes later on the server's token clock (a use writes the new expiry at most once a minute).
+    setClock(120_000);
+    const me1 = await srv.api<Me>('GET', '/api/me', session);
+    t.equal(me1.status, 200);
+    const e1 = Date.parse(me1.body.token.expires_at);
+    t.ok(e1 >= e0 + 120_000, `a use two minutes later moved the expiry forward by at least two minutes (${me0.body.token.expires_at} → ${me1.body.token.expires_at})`);
+    t.equal(stored(), me1.body.token.expires_at, 'and stored it');
+
+    // An API token with a fixed lifetime does not slide.
+    const api = (await srv.api<{ token: string }>('POST', '/api/tokens', alice, { name: 'fixed', expires_in_days: 1 })).body.token;
+    const a0 = (await srv.api<Me>('GET', '/api/me', api)).body.token.expires_at;
+    setClock(240_000);
+    t.equal((await srv.api<Me>('GET', '/api/me', api)).body.token.expires_at, a0, 'an API token keeps its expiry');
+
+    // Unused past its (slid) expiry, the session is refused and removed.
+    setClock(e1 - Date.now() + 60_000);
+    const idle = await srv.api<Err>('GET', '/api/me', session);
+    t.equal(idle.status, 401, 'an idle session expires');
+    t.equal(idle.body.error.code, 'invalid_token');
+    t.equal(stored(), undefined, 'the expired session is deleted');
   });
 
   await t.test('bad input is a clear error and changes nothing', async (t) => {
@@ -100,18 +158,25 @@ t.test('appliance core end to end', async (t) => {
     const bobOrgs = (await srv.api<{ orgs: Org[] }>('GET', '/api/orgs', bob)).body.orgs;
     t.same(bobOrgs.map((o) => o.slug), ['bob'], 'B lists only his own org');
     const alicePersonal = aliceOrgs.find((o) => o.is_personal)!;
-    for (const org of [team.body, alicePersonal]) {
+    const orgs = [team.body, alicePersonal];
+    // Reads first, then the adding call, the removing one last (so a broken check cannot hide
+    // behind an object an earlier call destroyed); then the owner's view must be unchanged.
+    for (const org of orgs) {
       const read = await srv.api<Err>('GET', `/api/orgs/${org.id}`, bob);
       t.equal(read.status, 404, 'read is 404, not 403');
       t.notMatch(JSON.stringify(read.body), org.name, 'no name leaks');
       t.equal((await srv.api('GET', `/api/orgs/${org.id}/members`, bob)).status, 404);
-      t.equal((await srv.api('POST', `/api/orgs/${org.id}/members`, bob, { username: 'bob' })).status, 404, 'cannot add himself');
-      t.equal((await srv.api('DELETE', `/api/orgs/${org.id}/members/alice`, bob)).status, 404, 'cannot remove the owner');
     }
     const unknownId = await srv.api<Err>('GET', '/api/orgs/00000000-0000-4000-8000-000000000000', bob);
     t.equal(unknownId.status, 404, 'an unknown id looks the same as a hidden one');
-    const members = await srv.api<{ members: { username: string }[] }>('GET', `/api/orgs/${team.body.id}/members`, alice);
-    t.same(members.body.members.map((m) => m.username), ['alice'], 'membership unchanged');
+    for (const org of orgs) t.equal((await srv.api('POST', `/api/orgs/${org.id}/members`, bob, { username: 'bob' })).status, 404, 'cannot add himself');
+    for (const org of orgs) t.equal((await srv.api('DELETE', `/api/orgs/${org.id}/members/alice`, bob)).status, 404, 'cannot remove the owner');
+    for (const org of orgs) {
+      const members = await srv.api<{ members: { username: string }[] }>('GET', `/api/orgs/${org.id}/members`, alice);
+      t.equal(members.status, 200, `${org.slug} still there for its owner`);
+      t.same(members.body.members.map((m) => m.username), ['alice'], `${org.slug}: membership unchanged`);
+    }
+    t.same((await srv.api<{ orgs: Org[] }>('GET', '/api/orgs', alice)).body.orgs.map((o) => o.id).sort(), aliceOrgs.map((o) => o.id).sort(), "the owner's orgs are unchanged");
 
     // Membership is checked on every request, not only at creation.
     t.equal((await srv.api('POST', `/api/orgs/${team.body.id}/members`, alice, { username: 'bob' })).status, 201);
@@ -128,7 +193,7 @@ t.test('appliance core end to end', async (t) => {
 
   await t.test('CLI: login --token, whoami, org list/create, logout', async (t) => {
     const cfg = tempDir();
-    t.teardown(() => undefined);
+    t.teardown(() => rmSync(cfg, { recursive: true, force: true }));
     const loom = loomCli(srv, cfg);
     const login = await loom(['login', '--token', alice]);
     t.equal(login.code, 0, login.stderr);
@@ -259,7 +324,7 @@ t.test('server start-up failures are one clear line', async (t) => {
 });
 
 t.test('SIGTERM shuts down gracefully', async (t) => {
-  const srv = await startServer({ env: { LOOM_SERVER_WEAVER_ENABLED: 'false' } });
+  const srv = await startServer({ t, env: { LOOM_SERVER_WEAVER_ENABLED: 'false' } });
   const code = await srv.stop('SIGTERM');
   t.equal(code, 0);
   t.ok(srv.logs.some((l) => l.includes('"msg":"stopped"')));

@@ -10,17 +10,17 @@ import { K8sStandin, STANDIN_BANNER } from '../support/k8s-standin/index.js';
 import { SERVER_BIN, freshDataDir, run, startServer, tempDir } from '../support/server.js';
 import { AttachClient, waitUntil } from '../support/attach.js';
 
-type Weaver = { id: string; status: string; reason?: string };
+type Weaver = { id: string; status: string; reason?: string; expires_at: string };
 
 t.comment(`these tests run loom-server against the ${STANDIN_BANNER}`);
 
-async function kubeServer(t: { teardown(fn: () => unknown): void }, standin: K8sStandin, env: Record<string, string> = {}) {
+async function kubeServer(t: { teardown(fn: () => Promise<void> | void): void; comment(...a: unknown[]): void }, standin: K8sStandin, env: Record<string, string> = {}) {
   const kubeconfig = join(tempDir('loom-kube-'), 'config');
   writeFileSync(kubeconfig, standin.kubeconfigYaml());
   const srv = await startServer({
+    t,
     env: { LOOM_SERVER_WEAVER_BACKEND: 'kubernetes', KUBECONFIG: kubeconfig, LOOM_SERVER_WEAVER_DEFAULT_IMAGE: 'docker.io/library/busybox:1.36', ...env },
   });
-  t.teardown(() => srv.stop());
   return srv;
 }
 
@@ -91,15 +91,22 @@ t.test('a pod that cannot pull its image fails with the reason and is deleted', 
   await waitUntil(async () => !standin.pod(`weaver-${r.body.id}`), 'the failed pod is deleted');
 });
 
-t.test('a short lifetime deletes the pod on time', async (t) => {
+t.test('a short lifetime deletes the pod at its deadline, not before', async (t) => {
   const standin = await K8sStandin.start({ kubelet: 'auto', kubeletDelayMs: 50 });
   t.teardown(() => standin.close());
   const srv = await kubeServer(t, standin);
   const tok = await srv.token('kube');
   const r = await srv.api<Weaver>('POST', '/api/weaver', tok, { lifetime_hours: 0.0005 }); // 1.8 s
+  // The expiry event the server records: when it fired, and the deadline it enforced.
+  const ev = await waitUntil(async () => {
+    const line = srv.logs.find((l) => l.includes('weaver lifetime ended') && l.includes(r.body.id));
+    return line ? (JSON.parse(line) as { expires_at: string; fired_at: string }) : null;
+  }, 'the expiry event', 30_000);
+  t.equal(ev.expires_at, r.body.expires_at, 'the deadline stored with the weaver');
+  t.ok(Date.parse(ev.fired_at) >= Date.parse(ev.expires_at), `fired at ${ev.fired_at}, at or after the deadline ${ev.expires_at}`);
   await waitUntil(async () => (await srv.api('GET', `/api/weaver/${r.body.id}`, tok)).status === 404, 'expired', 20_000);
   t.notOk(standin.pod(`weaver-${r.body.id}`), 'pod gone');
-  t.match(await fetch(`${srv.url}/metrics`).then((x) => x.text()), /loom_weavers_expired_total 1/);
+  t.match(await fetch(`${srv.url}/metrics`).then((x) => x.text()), /^loom_weavers_expired_total 1$/m);
 });
 
 t.test('a missing namespace stops the server with one clear line', async (t) => {

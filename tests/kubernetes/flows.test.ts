@@ -293,8 +293,13 @@ t.test('lifetime: deadline on the pod, DeadlineExceeded reported; delete on dema
   await prov.delete(d.id);
   await until(() => statusesOf(events, d.id).includes('terminating'), 'terminating');
   await until(() => !standin.pod(pod(d)), 'removed');
-  await new Promise((r) => setTimeout(r, 50));
+  // The pod watch is one ordered stream: once a pod created after the deletion is seen running,
+  // the DELETED event of d (which a pod deleted outside Loom turns into 'failed') was handled.
+  const marker = spec();
+  await prov.create(marker);
+  await until(() => statusesOf(events, marker.id).includes('running'), 'a later pod running');
   t.same(statusesOf(events, d.id), ['pending', 'running', 'terminating'], 'our own delete is not reported as a failure');
+  await prov.delete(marker.id);
   t.equal(await prov.get(d.id), null);
   await prov.delete(d.id);
   await prov.delete('00000000-0000-4000-8000-000000000000');

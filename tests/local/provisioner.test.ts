@@ -6,6 +6,16 @@ import type { BackendWeaver } from '../../src/weaver/provisioner.js';
 import {
   localDataDir, newLocal, weaverSpec, waitStatus, TermReader, cgroupLimits, processesMentioning, mountsMentioning,
 } from '../support/local-helpers.js';
+import { leftovers } from '../support/reap.js';
+import { waitUntil } from '../support/attach.js';
+
+/** The tty size the shell reports ("rows cols"). */
+async function ttySize(a: TermReader): Promise<string> {
+  const mark = a.out.length;
+  a.send('stty size\n');
+  const m = await a.expect(/(?:^|\n)(\d+) (\d+)\r?\n/, 10_000, mark);
+  return `${m[1]} ${m[2]}`;
+}
 
 const dataDir = localDataDir(t);
 const p = newLocal(dataDir);
@@ -38,13 +48,11 @@ t.test('weaver lifecycle: pending → running, attach, resize, detach, reattach,
   const a = new TermReader(await p.attach(spec.id, { cols: 90, rows: 20 }));
   a.send('echo hi-$((1+2))\n');
   await a.expect(/hi-3/);
+  // The resize reaches the tty through conmon's winsz fifo, asynchronously: ask the tty until it
+  // reports the new size (a resize that never arrives times out).
   a.s.resize(123, 45);
-  await new Promise((r) => setTimeout(r, 100));
+  await waitUntil(async () => (await ttySize(a)) === '45 123', 'the tty to report 45 rows and 123 columns', 10_000);
   let mark = a.out.length;
-  a.send('stty size\n');
-  await a.expect(/45 123/, 10_000, mark);
-
-  mark = a.out.length;
   a.send('echo "u=$(id -u) h=$(hostname) g=$GREETING home=$HOME pwd=$(pwd)"\n');
   const m = await a.expect(/u=(\d+) h=(\S+) g=(\S+) home=(\S+) pwd=(\S+)\r?\n/, 10_000, mark);
   t.equal(m[1], '1000', 'non-root uid 1000');
@@ -88,11 +96,12 @@ t.test('weaver lifecycle: pending → running, attach, resize, detach, reattach,
   // detach both; the weaver keeps running
   a.s.close();
   b.s.close();
-  await new Promise((r) => setTimeout(r, 300));
-  t.equal((await p.get(spec.id))?.status, 'running', 'still running after detach');
+  t.same(await a.waitClosed(), {}, 'a detached (its relay to conmon closed, no exit code)');
+  t.same(await b.waitClosed(), {}, 'b detached');
   const c = new TermReader(await p.attach(spec.id));
-  c.send('echo again-$((2*3))\n');
-  await c.expect(/again-6/);
+  c.send('echo again-$((2*3)) pid=$$\n');
+  await c.expect(/again-6 pid=1\r?\n/);
+  t.equal((await p.get(spec.id))?.status, 'running', 'still running after detach: the same shell (pid 1) answers a new attach');
 
   const ended = waitStatus(p, spec.id, ['failed', 'succeeded']);
   c.send('exit 3\n');
@@ -149,9 +158,12 @@ t.test('logs follow honours AbortSignal', async (t) => {
   await waitStatus(p, spec.id, ['running']);
   const ac = new AbortController();
   const got: string[] = [];
-  setTimeout(() => ac.abort(), 800);
   // The container sleeps 60 s: the loop can only end here because the signal stopped it.
-  for await (const chunk of p.logs(spec.id, { follow: true, signal: ac.signal })) got.push(chunk.toString());
+  for await (const chunk of p.logs(spec.id, { follow: true, signal: ac.signal })) {
+    got.push(chunk.toString());
+    if (got.join('').includes('first')) ac.abort();
+  }
+  t.ok(ac.signal.aborted, 'the follow ended because it was aborted');
   t.equal((await p.get(spec.id))?.status, 'running', 'stopped on abort while the weaver still runs');
   t.match(got.join(''), /first/);
   await p.delete(spec.id);
@@ -177,10 +189,15 @@ t.test('a delete while create is still in flight leaves nothing behind', async (
     const creating = p.create(spec);
     await p.delete(spec.id); // before create() has returned
     await creating.catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 300));
+    // delete() waited for the provisioning it aborted; a second delete queues behind anything
+    // still scheduled for this id (one mutex per id), so once it returns nothing more can happen.
+    await p.delete(spec.id);
     t.equal(await p.get(spec.id), null, `round ${i}: the backend knows no such weaver`);
     t.same(mountsMentioning(spec.id), [], `round ${i}: no mount left`);
     t.same(processesMentioning(spec.id), [], `round ${i}: no conmon left`);
+    t.equal(await p.containerRuntime.state(spec.id), null, `round ${i}: no runc container`);
+    t.notOk(existsSync(join(dataDir, 'local', 'weavers', spec.id)), `round ${i}: no weaver dir`);
+    t.same(leftovers(dataDir, [spec.id]).cgroups, [], `round ${i}: no cgroup`);
   }
 });
 

@@ -17,8 +17,8 @@ t.test('containers outlive the provisioner; a new one adopts them and removes or
   await waitStatus(a, orphan.id, ['running']);
   await waitStatus(a, exited.id, ['failed']);
   const s = new TermReader(await a.attach(kept.id));
-  s.send('export MARK=before-restart\n');
-  await new Promise((r) => setTimeout(r, 200));
+  s.send('export MARK=before-restart; echo marked-$((40+2))\n');
+  await s.expect(/marked-42/);
   s.s.close();
   await a.close(); // drop A without deleting anything
 

@@ -7,9 +7,7 @@ import t, { type Test } from 'tap';
 
 import { LoomError } from '../../src/common/errors.js';
 import { copyTree, createSubvolume, isSubvolume, removeTree, type CopyResult } from '../../src/branching/copy.js';
-import { buildFixture, buildManyFiles, diffTrees, haveTool, listing, loopFs, MKFS, tempDir, tmpfsMount, type FsKind } from './helpers.js';
-
-const isRoot = process.getuid?.() === 0;
+import { buildFixture, buildManyFiles, diffTrees, prerequisites, listing, loopFs, MKFS, tempDir, tmpfsMount, type FsKind } from './helpers.js';
 
 function expectedCounts(t: Tap, r: CopyResult): void {
   // the fixture: files small, empty, mid, big, deep, sparse, hard1(+hard2), setuid, private, exec, owned/file
@@ -34,8 +32,7 @@ async function rejection(t: Tap, p: Promise<unknown>): Promise<LoomError> {
 }
 
 async function cloneCase(t: Tap, kind: FsKind, opts: { subvolume?: boolean; expect: string }) {
-  if (!isRoot) return t.plan(0, 'needs root');
-  if (!haveTool(MKFS[kind])) return t.plan(0, `${MKFS[kind]} missing`);
+  if (!prerequisites(t, { root: true, tools: [MKFS[kind]] })) return;
   const mnt = loopFs(t, kind);
   const outside = join(mnt, 'outside-target');
   writeFileSync(outside, 'outside\n');
@@ -67,7 +64,7 @@ t.test('xfs: reflink', (t) => cloneCase(t, 'xfs', { expect: 'reflink' }));
 t.test('ext4: copy', (t) => cloneCase(t, 'ext4', { expect: 'copy' }));
 
 t.test('forced strategies', async (t) => {
-  if (!isRoot || !haveTool('mkfs.btrfs')) return t.plan(0, 'needs root and btrfs-progs');
+  if (!prerequisites(t, { root: true, tools: ['mkfs.btrfs'] })) return;
   const mnt = loopFs(t, 'btrfs', 512);
   const src = join(mnt, 'src');
   await createSubvolume(src);
@@ -94,7 +91,7 @@ t.test('forced strategies', async (t) => {
 });
 
 t.test('mount points and nested subvolumes are copied as empty directories', async (t) => {
-  if (!isRoot || !haveTool('mkfs.btrfs')) return t.plan(0, 'needs root and btrfs-progs');
+  if (!prerequisites(t, { root: true, tools: ['mkfs.btrfs'] })) return;
   const mnt = loopFs(t, 'btrfs', 512);
   const src = join(mnt, 'src');
   mkdirSync(src);
@@ -118,7 +115,7 @@ t.test('mount points and nested subvolumes are copied as empty directories', asy
 });
 
 t.test('forced reflink on ext4 fails and leaves no dest', async (t) => {
-  if (!isRoot) return t.plan(0, 'needs root');
+  if (!prerequisites(t, { root: true })) return;
   const mnt = loopFs(t, 'ext4', 256);
   const src = join(mnt, 'src');
   mkdirSync(join(src, 'a'), { recursive: true });
@@ -131,7 +128,7 @@ t.test('forced reflink on ext4 fails and leaves no dest', async (t) => {
 });
 
 t.test('a copy that fails midway (destination full) leaves no dest', async (t) => {
-  if (!isRoot) return t.plan(0, 'needs root');
+  if (!prerequisites(t, { root: true })) return;
   const base = tempDir(t);
   const src = join(base, 'src');
   mkdirSync(join(src, 'x', 'y'), { recursive: true });
@@ -146,7 +143,7 @@ t.test('a copy that fails midway (destination full) leaves no dest', async (t) =
 });
 
 t.test('cancellation', async (t) => {
-  if (!isRoot) return t.plan(0, 'needs root');
+  if (!prerequisites(t, { root: true })) return;
   const mnt = loopFs(t, 'ext4', 256);
   const src = join(mnt, 'src');
   buildManyFiles(src, 3000);

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Test } from 'tap';
 
 export type FsKind = 'btrfs' | 'xfs' | 'ext4';
 
@@ -32,6 +33,26 @@ export function haveTool(name: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Whether a test's prerequisites (root, mkfs tools) are present. When one is missing the test
+ * is skipped with the reason printed, except in CI (CI=true), where a missing prerequisite is a
+ * failure: CI must run what these tests check, not pass with nothing checked.
+ */
+export function prerequisites(t: Test, needs: { root?: boolean; tools?: string[] }): boolean {
+  const missing: string[] = [];
+  if (needs.root && process.getuid?.() !== 0) missing.push('root');
+  for (const tool of needs.tools ?? []) if (!haveTool(tool)) missing.push(tool);
+  if (missing.length === 0) return true;
+  const why = `needs ${missing.join(' and ')} (missing here)`;
+  if (process.env.CI === 'true') {
+    t.fail(`CI=true: prerequisites missing, refusing to skip: ${why}`);
+  } else {
+    t.comment(`skipped: ${why}`);
+    t.plan(0, `skipped: ${why}`);
+  }
+  return false;
 }
 
 export const MKFS: Record<FsKind, string> = { btrfs: 'mkfs.btrfs', xfs: 'mkfs.xfs', ext4: 'mkfs.ext4' };

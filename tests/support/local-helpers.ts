@@ -3,22 +3,28 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
-import { LocalProvisioner, DEFAULT_LOCAL_IMAGE, unmountAll, type LocalProvisionerOptions } from '../../src/provisioners/local/index.js';
+import { LocalProvisioner, DEFAULT_LOCAL_IMAGE, type LocalProvisionerOptions } from '../../src/provisioners/local/index.js';
+import { cleanLeftovers, describe, isEmpty, leftovers, removeContainers } from './reap.js';
 import type { BackendWeaver, TerminalStream, WeaverSpec, WeaverStatus } from '../../src/weaver/provisioner.js';
 
 export interface Teardownable {
   teardown(fn: () => Promise<void> | void): void;
 }
 
-/** A temp data dir, removed (with every container and mount in it) at teardown. */
-export function localDataDir(t: Teardownable): string {
+/**
+ * A temp data dir. Its teardown (registered before anything is created in it) deletes every
+ * container under it through the runtime and kills their conmons, then fails loudly if any
+ * process, cgroup, mount or loop device of it is still there (after cleaning that up too).
+ */
+export function localDataDir(t: Teardownable & { comment(...a: unknown[]): void }): string {
   const dataDir = mkdtempSync(join(tmpdir(), 'loom-local-test-'));
   t.teardown(async () => {
-    const cleaner = new LocalProvisioner({ dataDir, log: pino({ level: 'silent' }), prepareDefaultImage: false, stopGraceMs: 200 });
-    await cleaner.reconcile([]).catch(() => undefined);
-    await cleaner.close();
-    await unmountAll(dataDir);
-    await fsp.rm(dataDir, { recursive: true, force: true });
+    const removed = removeContainers(dataDir);
+    if (removed.length) t.comment(`teardown removed through the runtime: ${removed.join(', ')}`);
+    const found = leftovers(dataDir);
+    const remaining = isEmpty(found) ? found : cleanLeftovers(dataDir, found);
+    if (isEmpty(remaining)) await fsp.rm(dataDir, { recursive: true, force: true });
+    if (!isEmpty(found)) throw new Error(`leaked under ${dataDir}:\n${describe(found)}\n${isEmpty(remaining) ? 'cleaned up now' : `could NOT clean:\n${describe(remaining)}`}`);
   });
   return dataDir;
 }

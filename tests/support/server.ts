@@ -2,12 +2,15 @@
  * Starts the real loom-server binary (dist/server/main.js) on a free port with a temporary data
  * dir, and runs the real `loom` binary against it. Build first (`npm test` runs tsc in pretest).
  */
-import { spawn, spawnSync, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync, readFileSync } from 'node:fs';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
+import { cleanLeftovers, describe, idsIn, isEmpty, leftovers, mountsUnder, removeContainers } from './reap.js';
+
+export { mountsUnder };
 
 export const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 export const SERVER_BIN = join(ROOT, 'dist/server/main.js');
@@ -32,12 +35,24 @@ export interface StartOptions {
   dataDir?: string;
   /** Keep the data dir after stop (for restart tests). */
   keepData?: boolean;
+  /**
+   * The test that owns the server. Its teardown is registered BEFORE the server starts, so a test
+   * that fails anywhere after this still deletes its containers through the runtime, kills their
+   * conmons and checks for leftovers (see stop()).
+   */
+  t?: { teardown(fn: () => Promise<void> | void): void; comment(...args: unknown[]): void };
 }
 
-// Temporary folders made by a test file go when its process exits (a data dir still holding a
-// mount is left for the leak check in stop() to report).
+// Temporary folders made by a test file go when its process exits. A server or its containers
+// still alive then (a teardown that never ran) are removed first, scoped to that data dir.
 const madeDirs = new Set<string>();
+const liveServers = new Map<string, ChildProcess>();
 process.on('exit', () => {
+  for (const [d, proc] of liveServers) {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    removeContainers(d);
+    cleanLeftovers(d, leftovers(d));
+  }
   for (const d of madeDirs) {
     try {
       if (mountsUnder(d).length === 0) rmSync(d, { recursive: true, force: true });
@@ -59,17 +74,32 @@ export function freshDataDir(prefix = 'loom-test-'): string {
 
 export async function startServer(opts: StartOptions = {}): Promise<TestServer> {
   const dataDir = opts.dataDir ?? freshDataDir();
+  let server: TestServer | undefined;
+  let proc: ChildProcess | undefined;
+  opts.t?.teardown(async () => {
+    // Whatever the test did or did not get to: the server goes, then its containers go through
+    // the runtime (runc delete --force under this data dir's --root, conmon killed by pid file).
+    if (proc && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+    if (proc) await new Promise((r) => (proc!.exitCode !== null || proc!.signalCode !== null ? r(null) : proc!.once('exit', r)));
+    const removed = removeContainers(dataDir);
+    if (removed.length) opts.t!.comment(`teardown removed through the runtime: ${removed.join(', ')}`);
+    if (server) await server.stop();
+    else if (!opts.keepData) await checkAndClean(dataDir, []);
+  });
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     LOOM_HTTP_ADDR: '127.0.0.1:0',
     LOOM_DATA_DIR: dataDir,
     LOOM_LOG_LEVEL: 'info',
+    // Test knobs (LOOM_TEST_*) are honoured only under NODE_ENV=test.
+    NODE_ENV: 'test',
     ...opts.env,
   };
-  const proc = spawn(process.execPath, [SERVER_BIN], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  proc = spawn(process.execPath, [SERVER_BIN], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  liveServers.set(dataDir, proc);
   const logs: string[] = [];
   const url = await new Promise<string>((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error(`loom-server did not start in 30s:\n${logs.join('\n')}`)), 30_000);
+    const timer = setTimeout(() => reject(new Error(`loom-server did not start in 120s:\n${logs.join("\n")}`)), 120_000);
     const onLine = (line: string) => {
       logs.push(line);
       try {
@@ -89,29 +119,23 @@ export async function startServer(opts: StartOptions = {}): Promise<TestServer> 
       reject(new Error(`loom-server exited with ${code} before listening:\n${logs.join('\n')}`));
     });
   });
-  let exited: Promise<number | null> = new Promise((r) => proc.once('exit', (c) => r(c)));
-  const server: TestServer = {
+  const p = proc;
+  const exited: Promise<number | null> = new Promise((r) => (p.exitCode !== null ? r(p.exitCode) : p.once('exit', (c) => r(c))));
+  let stopping: Promise<number | null> | undefined;
+  server = {
     url,
     dataDir,
     proc,
     logs,
     env,
-    async stop(signal = 'SIGTERM') {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-      const code = await exited;
-      if (!opts.keepData) {
-        // A mount left under the data dir is a leak: clean it up so the machine stays usable,
-        // then fail loudly with what the server said about it.
-        const leaked = mountsUnder(dataDir);
-        for (const m of leaked.reverse()) spawnSync('umount', ['-l', m]);
-        rmSync(dataDir, { recursive: true, force: true });
-        if (leaked.length) {
-          const ids = leaked.map((m) => /weavers\/([0-9a-f-]{36})/.exec(m)?.[1]).filter(Boolean) as string[];
-          const related = logs.filter((l) => ids.some((id) => l.includes(id))).slice(-40);
-          throw new Error(`mounts leaked under ${dataDir}: ${leaked.join(', ')}\n${related.join('\n')}`);
-        }
-      }
-      return code;
+    stop(signal = 'SIGTERM') {
+      stopping ??= (async () => {
+        if (p.exitCode === null && p.signalCode === null) p.kill(signal);
+        const code = await exited;
+        if (!opts.keepData) await checkAndClean(dataDir, logs);
+        return code;
+      })();
+      return stopping;
     },
     async token(user, admin = false) {
       const args = [SERVER_BIN, 'admin', 'token', '--user', user, ...(admin ? ['--admin'] : [])];
@@ -137,16 +161,32 @@ export async function startServer(opts: StartOptions = {}): Promise<TestServer> 
       return { status: res.status, body: parsed as never, headers: res.headers };
     },
   };
-  void exited;
   return server;
 }
 
-/** Mount points at or below dir (from /proc/self/mountinfo; octal escapes decoded). */
-export function mountsUnder(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => (l.split(' ')[4] ?? '').replace(/\\(\d{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((m) => m === dir || m.startsWith(dir + '/'));
+/**
+ * The leak check of a stopped server: processes (conmon, container init), cgroups, mounts and loop
+ * devices of this data dir's containers. Anything found is cleaned up (so the machine stays
+ * usable), then the check fails loudly with what was found and what the server logged about it.
+ */
+async function checkAndClean(dataDir: string, logs: string[]): Promise<void> {
+  liveServers.delete(dataDir);
+  const found = leftovers(dataDir);
+  let remaining = found;
+  if (!isEmpty(found)) {
+    removeContainers(dataDir);
+    remaining = cleanLeftovers(dataDir, leftovers(dataDir, idsIn(dataDir)));
+  }
+  if (mountsUnder(dataDir).length === 0) rmSync(dataDir, { recursive: true, force: true });
+  if (!isEmpty(found)) {
+    const ids = idsIn(dataDir).concat(found.cgroups.map((c) => /[0-9a-f-]{36}/.exec(c)?.[0] ?? '')).filter(Boolean);
+    const related = logs.filter((l) => ids.some((id) => l.includes(id))).slice(-40);
+    throw new Error(
+      `leaked by the server or test under ${dataDir}:\n${describe(found)}\n` +
+        (isEmpty(remaining) ? 'all of it was cleaned up now' : `could NOT clean:\n${describe(remaining)}`) +
+        (related.length ? `\nserver log about these ids:\n${related.join('\n')}` : ''),
+    );
+  }
 }
 
 export interface RunResult {

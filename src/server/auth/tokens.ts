@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { Db } from '../store/db.js';
 import { newId, newSecret, sha256 } from '../../common/ids.js';
 import { notFound } from '../../common/errors.js';
@@ -20,6 +21,19 @@ interface TokenRow extends TokenInfo {
   idle_seconds: number | null;
 }
 
+/** Test-only clock: Date.now() plus the milliseconds written in `file` (0 while it is absent or empty). */
+export function offsetClock(file: string): () => number {
+  return () => {
+    let offset = 0;
+    try {
+      offset = Number(readFileSync(file, 'utf8').trim()) || 0;
+    } catch {
+      /* no offset yet */
+    }
+    return Date.now() + offset;
+  };
+}
+
 const PREFIX: Record<TokenKind, string> = { session: 'loom_s_', api: 'loom_a_', web: 'loom_w_' };
 // Sliding expiry is written back at most this often, so a busy client does not write on every request.
 const TOUCH_EVERY_MS = 60_000;
@@ -29,17 +43,23 @@ const TOUCH_EVERY_MS = 60_000;
  * Session and web tokens slide: each use pushes expires_at to now + idle time.
  */
 export class TokenService {
-  constructor(private readonly db: Db, private readonly sessionIdleSeconds: number, readonly events: AccessEvents = new AccessEvents()) {}
+  constructor(
+    private readonly db: Db,
+    private readonly sessionIdleSeconds: number,
+    readonly events: AccessEvents = new AccessEvents(),
+    /** Milliseconds since the epoch; tests move it (see testKnobs in config/load.ts). */
+    private readonly clock: () => number = Date.now,
+  ) {}
 
   /** Whether the token still exists and has not expired (no sliding: streams re-check with this). */
   isLive(tokenId: string): boolean {
     const r = this.db.prepare('SELECT expires_at FROM tokens WHERE id = ?').get(tokenId) as { expires_at: string | null } | undefined;
-    return !!r && (!r.expires_at || Date.parse(r.expires_at) > Date.now());
+    return !!r && (!r.expires_at || Date.parse(r.expires_at) > this.clock());
   }
 
   issue(userId: string, kind: TokenKind, name: string, opts: { expiresInSeconds?: number } = {}): { token: string; info: TokenInfo } {
     const token = newSecret(PREFIX[kind]);
-    const now = Date.now();
+    const now = this.clock();
     const idle = kind === 'api' ? null : this.sessionIdleSeconds;
     const ttl = opts.expiresInSeconds ?? idle;
     const row: TokenRow = {
@@ -64,7 +84,7 @@ export class TokenService {
   verify(token: string): TokenInfo | null {
     const row = this.db.prepare('SELECT * FROM tokens WHERE token_hash = ?').get(sha256(token)) as TokenRow | undefined;
     if (!row) return null;
-    const now = Date.now();
+    const now = this.clock();
     if (row.expires_at && Date.parse(row.expires_at) <= now) {
       this.db.prepare('DELETE FROM tokens WHERE id = ?').run(row.id);
       this.events.emit('token_revoked', { tokenId: row.id, userId: row.user_id });

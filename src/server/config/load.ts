@@ -121,10 +121,33 @@ export function parseVariable(spec: VariableSpec, raw: string | undefined): Valu
   }
 }
 
+/**
+ * The one reader of the server's environment: every LOOM_* (and KUBECONFIG) value the server uses
+ * comes through here, so tests/config/env-access.test.ts can check that no other file reads them.
+ */
+export function env(name: string, source: NodeJS.ProcessEnv = process.env): string | undefined {
+  return source[name];
+}
+
+/**
+ * Test-only knobs. They are not configuration (not in variables.json, not NixOS options) and are
+ * honoured only when NODE_ENV=test, so an operator cannot turn them on by accident.
+ *   LOOM_TEST_AUTH_CLOCK_FILE  a file holding milliseconds added to the token service's clock,
+ *                              so tests move sliding and idle expiry without waiting.
+ */
+export interface TestKnobs {
+  authClockFile: string | null;
+}
+
+export function testKnobs(source: NodeJS.ProcessEnv = process.env): TestKnobs {
+  if (env('NODE_ENV', source) !== 'test') return { authClockFile: null };
+  return { authClockFile: env('LOOM_TEST_AUTH_CLOCK_FILE', source) || null };
+}
+
 /** Reads and validates every variable of the table; throws ConfigError naming the first wrong one. */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
   const v = new Map<string, Value>();
-  for (const spec of [...VARIABLES, ...TEST_KNOBS]) v.set(spec.name, parseVariable(spec, env[spec.name]));
+  for (const spec of [...VARIABLES, ...TEST_KNOBS]) v.set(spec.name, parseVariable(spec, env(spec.name, source)));
   const get = <T extends Value>(name: string): T => {
     if (!v.has(name)) throw new Error(`config variable ${name} is not in variables.json`);
     return v.get(name) as T;
