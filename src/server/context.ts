@@ -6,6 +6,7 @@ import type { UserService } from './auth/users.js';
 import type { TokenService } from './auth/tokens.js';
 import type { DeviceFlow } from './auth/device.js';
 import type { OrgService } from './orgs/orgs.js';
+import type { Quotas } from '../weaver/quotas.js';
 
 /** What every route plugin may use. Built once at start (see server.ts). */
 export interface AppContext {
@@ -17,6 +18,8 @@ export interface AppContext {
   tokens: TokenService;
   device: DeviceFlow;
   orgs: OrgService;
+  /** Resource limits and quotas shared by weavers and branching containers. */
+  quotas: Quotas;
   /** Components report their state into /health (database, weaver backend, …). */
   /** The URL users reach the server at (LOOM_PUBLIC_URL, else the bound address); set once listening. */
   baseUrl: string;

@@ -11,6 +11,7 @@ import { DeviceFlow } from './auth/device.js';
 import type { AppContext } from './context.js';
 import type { ServerComponent } from './component.js';
 import { buildApp } from './app.js';
+import { Quotas } from '../weaver/quotas.js';
 import { LoomError, errorMessage } from '../common/errors.js';
 
 export interface CoreHandle {
@@ -31,6 +32,7 @@ export function openCore(config: Config, log: Logger, components: ServerComponen
     log,
     metrics: new Metrics(),
     orgs,
+    quotas: Quotas.fromConfig(config),
     tokens,
     users: new UserService(db, orgs),
     device: new DeviceFlow(db, tokens),

@@ -9,6 +9,7 @@ import { WeaverStore, type Weaver } from './store.js';
 import { validateCreate, type CreateWeaverRequest } from './validation.js';
 import { AttachHub } from './attach-hub.js';
 import type { WeaverMetrics } from './metrics.js';
+import type { Quotas } from './quotas.js';
 
 // setTimeout takes at most a signed 32-bit delay; longer waits are re-armed.
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -21,6 +22,7 @@ export interface WeaverServiceDeps {
   provisioner: Provisioner;
   log: Logger;
   metrics: WeaverMetrics;
+  quotas: Quotas;
   /** Image used when a request names none and LOOM_SERVER_WEAVER_DEFAULT_IMAGE is empty. */
   backendDefaultImage?: string;
 }
@@ -92,6 +94,9 @@ export class WeaverService {
     const org = req.org_id ? orgs.requireRole(user.id, req.org_id, 'member') : orgs.personalOrgOf(user.id);
     const image = v.image ?? (config.defaultImage || this.d.backendDefaultImage);
     if (!image) throw new LoomError(400, 'image_required', 'no image given and the server has no default image (set LOOM_SERVER_WEAVER_DEFAULT_IMAGE)');
+    const ask = this.d.quotas.resources(v.resources);
+    this.d.quotas.requireFreeSpace();
+    this.d.quotas.admit(user.id, org.id, ask);
     const now = new Date();
     const w: Weaver = {
       id: newId(),

@@ -18,7 +18,7 @@ import type {
 } from '../../weaver/provisioner.js';
 import { ensureAttachRelay, openTerminalStream, type RelayCommand } from './attach.js';
 import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage } from './default-image.js';
-import { cloneRepo, repoName } from './git.js';
+import { cloneRepo, repoName, type GitOptions } from './git.js';
 import { ImageStore, isValidRef, type ImageRunConfig } from './images.js';
 import { startSlirp, stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './network.js';
 import { OverlayMaterializer, unmountAll, type Materializer } from './rootfs.js';
@@ -38,6 +38,10 @@ export interface LocalProvisionerOptions {
   /** Used when a spec's resources are empty. */
   defaultCpu?: string;
   defaultMemory?: string;
+  /** cgroup pids limit of every weaver (default 1024). */
+  pidsLimit?: number;
+  /** Repository clones: allowed private networks, size and time caps, extra CA bundle. */
+  git?: GitOptions;
   materializer?: Materializer;
   /** How long a registry pull may take before the weaver fails (default 20 s). */
   pullTimeoutMs?: number;
@@ -288,7 +292,7 @@ export class LocalProvisioner implements Provisioner {
       await fsp.chown(workspace, user.uid, user.gid);
       let cwd = resolved.config.workingDir || '/workspace';
       if (spec.repo) {
-        const r = await cloneRepo(spec.repo, spec.branch, workspace, user.uid, user.gid);
+        const r = await cloneRepo(spec.repo, spec.branch, workspace, user.uid, user.gid, this.opts.git);
         if (signal.aborted) return;
         if (!r.ok) {
           const reason = `git clone failed: ${r.message}`;
@@ -324,6 +328,7 @@ export class LocalProvisioner implements Provisioner {
         cgroupsPath: `/loom/${id}`,
         cpu: spec.resources.cpu || this.opts.defaultCpu || undefined,
         memory: spec.resources.memory || this.opts.defaultMemory || undefined,
+        pidsLimit: this.opts.pidsLimit ?? 1024,
         binds: [{ source: workspace, destination: '/workspace' }],
         consoleSize: { cols: 80, rows: 24 },
       });
