@@ -20,7 +20,10 @@ export interface Usage {
 
 export type Owner = { userId: string } | { orgId: string };
 
-/** What a component holds for a user or an org (live weavers, existing containers). */
+/**
+ * What a component holds for a user or an org: `count` every weaver or container that exists
+ * (live weavers; containers that are not failed), CPU and memory only what runs.
+ */
 export interface UsageSource {
   readonly name: string;
   usage(owner: Owner): Usage;
@@ -88,8 +91,11 @@ export class Quotas {
     return u;
   }
 
-  /** Throws 429 naming the first quota that one more holder of `ask` would pass. */
-  admit(userId: string, orgId: string, ask: Pick<Ask, 'cpuMillis' | 'memoryBytes'>): void {
+  /**
+   * Throws 429 naming the first quota that `ask` would pass: one more holder (unless `newHolder`
+   * is false: a stopped container starting again) with that CPU and memory.
+   */
+  admit(userId: string, orgId: string, ask: Pick<Ask, 'cpuMillis' | 'memoryBytes'>, newHolder = true): void {
     const scopes = [
       ['user', ['LOOM_QUOTA_USER_COUNT', 'LOOM_QUOTA_USER_CPU', 'LOOM_QUOTA_USER_MEMORY'], this.limits.user, { userId }],
       ['org', ['LOOM_QUOTA_ORG_COUNT', 'LOOM_QUOTA_ORG_CPU', 'LOOM_QUOTA_ORG_MEMORY'], this.limits.org, { orgId }],
@@ -97,7 +103,7 @@ export class Quotas {
     for (const [who, [countVar, cpuVar, memVar], lim, owner] of scopes) {
       const u = this.usage(owner);
       const what = 'weavers and branching containers';
-      if (lim.count > 0 && u.count + 1 > lim.count) {
+      if (newHolder && lim.count > 0 && u.count + 1 > lim.count) {
         throw new LoomError(429, `${who}_quota_count`, `the ${who} quota of ${lim.count} ${what} is used up (${u.count} held; ${countVar}); delete one first`);
       }
       if (lim.cpuMillis > 0 && u.cpuMillis + ask.cpuMillis > lim.cpuMillis) {

@@ -41,6 +41,8 @@ export class WeaverService {
   // container or pod after we deleted it, and leak it.
   private readonly creating = new Map<string, Promise<void>>();
   private sweepTimer: NodeJS.Timeout | null = null;
+  private diskTimer: NodeJS.Timeout | null = null;
+  private checkingDisk = false;
   private unwatch: (() => void) | null = null;
 
   constructor(private readonly d: WeaverServiceDeps) {}
@@ -73,12 +75,17 @@ export class WeaverService {
     }
     this.sweepTimer = setInterval(() => this.sweep(), this.d.config.cleanupIntervalSecs * 1000);
     this.sweepTimer.unref();
+    if (provisioner.diskUsage && this.d.config.diskMaxBytes > 0) {
+      this.diskTimer = setInterval(() => void this.checkDisk(), this.d.config.diskCheckSecs * 1000);
+      this.diskTimer.unref();
+    }
     log.info({ adopted: report.adopted.length, orphans: report.orphansRemoved.length, missing: report.missing.length }, 'weaver reconcile done');
   }
 
   async stop(): Promise<void> {
     this.unwatch?.();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    if (this.diskTimer) clearInterval(this.diskTimer);
     for (const t of [...this.expiryTimers.values(), ...this.readyTimers.values()]) clearTimeout(t);
     this.expiryTimers.clear();
     this.readyTimers.clear();
@@ -271,6 +278,28 @@ export class WeaverService {
    * A weaver that failed before it ever ran: keep the reason and the last log lines in the
    * record, then free the backend's resources (containers, pods) at once.
    */
+  /**
+   * The disk cap where the filesystem gives no project quota: running weavers are measured every
+   * LOOM_SERVER_WEAVER_DISK_CHECK_SECS and one past LOOM_SERVER_WEAVER_DISK_MAX is stopped (failed,
+   * with the reason). A weaver can overshoot by what it writes between two checks.
+   */
+  private async checkDisk(): Promise<void> {
+    const usage = this.d.provisioner.diskUsage;
+    if (this.checkingDisk || !usage) return;
+    this.checkingDisk = true;
+    try {
+      const cap = this.d.config.diskMaxBytes;
+      for (const w of this.d.store.all().filter((x) => x.status === 'running')) {
+        const bytes = await usage.call(this.d.provisioner, w.id).catch(() => null);
+        if (bytes === null || bytes <= cap) continue;
+        const mib = (n: number) => `${Math.round(n / 1048576)} MiB`;
+        await this.fail(w.id, `disk_quota_exceeded: the weaver wrote ${mib(bytes)} (root filesystem changes and /workspace), over the cap of ${mib(cap)} (LOOM_SERVER_WEAVER_DISK_MAX); it was stopped`);
+      }
+    } finally {
+      this.checkingDisk = false;
+    }
+  }
+
   private async fail(id: string, reason: string): Promise<void> {
     const w = this.d.store.get(id);
     if (!w || w.status === 'terminating') return;

@@ -19,8 +19,9 @@ let token: string;
 let other: string;
 
 t.before(async () => {
-  srv = await startServer({ env: { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_GC_INTERVAL_SECS: '1' } });
-  token = await srv.token('alice');
+  // alice is a server admin registering from an import root (the fixture's folder).
+  srv = await startServer({ env: { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_GC_INTERVAL_SECS: '1', LOOM_BRANCHING_IMPORT_ROOTS: fx.dir } });
+  token = await srv.token('alice', true);
   other = await srv.token('mallory');
 });
 

@@ -12,9 +12,9 @@ import { cleanupContainers, forceRuntimeCleanup, makeFixture, mutate, runtimeSta
 t.test('restart in the middle of an operation', async (t) => {
   const fx = makeFixture();
   const dataDir = freshDataDir();
-  const env = { LOOM_SERVER_WEAVER_ENABLED: 'false' };
+  const env = { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_IMPORT_ROOTS: fx.dir };
   let srv: TestServer = await startServer({ dataDir, keepData: true, env });
-  let token = await srv.token('alice');
+  let token = await srv.token('alice', true);
   t.teardown(async () => {
     await cleanupContainers(srv, [token]).catch(() => undefined);
     await srv.stop();
@@ -41,7 +41,7 @@ t.test('restart in the middle of an operation', async (t) => {
   await srv.stop('SIGKILL');
 
   srv = await startServer({ dataDir, keepData: true, env });
-  token = await srv.token('alice');
+  token = await srv.token('alice', true);
   const op = await srv.api<Op>('GET', `/api/operations/${r.body.operation_id}`, token);
   t.equal(op.status, 200);
   t.equal(op.body.status, 'failed');

@@ -19,13 +19,13 @@ import type {
 import { ensureAttachRelay, openTerminalStream, type RelayCommand } from './attach.js';
 import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage } from './default-image.js';
 import { cloneRepo, repoName, type GitOptions } from './git.js';
-import { ImageStore, isValidRef, type ImageRunConfig } from './images.js';
+import { ImageStore, isValidRef, sharedImageStore, type ImageRunConfig } from './images.js';
 import { startSlirp, stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './network.js';
 import { OverlayMaterializer, unmountAll, type Materializer } from './rootfs.js';
 import { ContainerRuntime, bundleFiles, detectRuntime, type RuntimeState } from './runtime.js';
 import { buildOciSpec } from './spec.js';
 import { RuntimeHooks, type HookContext } from './hooks.js';
-import { exists, readJson, sleep, writeJsonAtomic } from './util.js';
+import { exists, readJson, run, sleep, writeJsonAtomic } from './util.js';
 import { KeyedMutex } from '../../common/keyed-mutex.js';
 import { followLog, readLogTail } from './logs.js';
 
@@ -107,7 +107,7 @@ export class LocalProvisioner implements Provisioner {
     this.base = join(opts.dataDir, 'local');
     this.weaversDir = join(this.base, 'weavers');
     this.exitDir = join(this.base, 'exits');
-    this.images = new ImageStore({ root: join(this.base, 'images'), log: this.log, pullTimeoutMs: opts.pullTimeoutMs ?? 20_000 });
+    this.images = sharedImageStore(opts.dataDir, this.log, opts.pullTimeoutMs ?? 20_000);
     this.materializer = opts.materializer ?? new OverlayMaterializer();
   }
 
@@ -369,6 +369,23 @@ export class LocalProvisioner implements Provisioner {
     } catch (e) {
       await fail(`provisioning failed: ${errorMessage(e)}`);
     }
+  }
+
+  /** Bytes on disk of the weaver's upper layer and workspace (du, one filesystem, no symlinks followed). */
+  async diskUsage(id: string): Promise<number | null> {
+    let dir: string;
+    try {
+      dir = this.dir(id);
+    } catch {
+      return null;
+    }
+    const paths = [join(dir, 'layer', 'upper'), join(dir, 'workspace')];
+    const present: string[] = [];
+    for (const p of paths) if (await exists(p)) present.push(p);
+    if (present.length === 0) return null;
+    const r = await run('du', ['-sxB1', '--', ...present], { timeoutMs: 60_000 });
+    if (r.code !== 0 && !r.stdout) return null;
+    return r.stdout.split('\n').reduce((sum, l) => sum + (Number(l.split('\t')[0]) || 0), 0);
   }
 
   // ---------------------------------------------------------------- read
