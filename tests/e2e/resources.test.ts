@@ -5,6 +5,7 @@
  * across weavers and branching containers, the free-space floor, and the disk cap monitor.
  */
 import t from 'tap';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, loomCli, tempDir, type TestServer } from '../support/server.js';
@@ -147,7 +148,8 @@ t.test('a weaver that writes past the disk cap is stopped with the reason', asyn
     return g.body.status === 'failed' ? g.body : null;
   }, 'the weaver to be stopped at the cap', 60_000);
   t.match(failed.reason, /^disk_quota_exceeded: the weaver wrote \d+ MiB .* over the cap of 8 MiB \(LOOM_SERVER_WEAVER_DISK_MAX\); it was stopped$/);
-  t.notOk(existsSync(join(srv.dataDir, 'local', 'weavers', w.id, 'workspace', 'fill')), 'its files are gone with it');
+  const live = execFileSync('runc', ['--root', join(srv.dataDir, 'local', 'runc'), 'list', '-q'], { encoding: 'utf8' }).split('\n');
+  t.notOk(live.includes(w.id), 'its container was stopped and removed');
   // A weaver under the cap keeps running through checks.
   const small = await running(srv, tok, { command: ['/bin/sh', '-c', 'dd if=/dev/zero of=/workspace/small bs=1M count=1 && echo wrote-small && sleep 600'] });
   const logs = await waitUntil(async () => {
