@@ -148,8 +148,12 @@ t.test('a weaver that writes past the disk cap is stopped with the reason', asyn
     return g.body.status === 'failed' ? g.body : null;
   }, 'the weaver to be stopped at the cap', 60_000);
   t.match(failed.reason, /^disk_quota_exceeded: the weaver wrote \d+ MiB .* over the cap of 8 MiB \(LOOM_SERVER_WEAVER_DISK_MAX\); it was stopped$/);
-  const live = execFileSync('runc', ['--root', join(srv.dataDir, 'local', 'runc'), 'list', '-q'], { encoding: 'utf8' }).split('\n');
-  t.notOk(live.includes(w.id), 'its container was stopped and removed');
+  // The record says failed first; the container's removal follows.
+  const gone = await waitUntil(async () => {
+    const live = execFileSync('runc', ['--root', join(srv.dataDir, 'local', 'runc'), 'list', '-q'], { encoding: 'utf8' }).split('\n');
+    return live.includes(w.id) ? null : true;
+  }, 'the container to be removed', 30_000);
+  t.ok(gone, 'its container was stopped and removed');
   // A weaver under the cap keeps running through checks.
   const small = await running(srv, tok, { command: ['/bin/sh', '-c', 'dd if=/dev/zero of=/workspace/small bs=1M count=1 && echo wrote-small && sleep 600'] });
   const logs = await waitUntil(async () => {
