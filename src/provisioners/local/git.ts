@@ -32,7 +32,7 @@ export interface GitOptions {
   caFile: string;
 }
 
-export const DEFAULT_GIT_OPTIONS: GitOptions = { allowedNetworks: [], maxBytes: 1024 ** 3, timeoutSecs: 300 , caFile: '' };
+export const DEFAULT_GIT_OPTIONS: GitOptions = { allowedNetworks: [], maxBytes: 1024 ** 3, timeoutSecs: 300, caFile: '' };
 
 export interface CloneResult {
   ok: boolean;
