@@ -26,8 +26,9 @@ for (const kind of filesystems) {
     const { mkdirSync } = await import('node:fs');
     mkdirSync(fixture);
     const st = buildCloneFixture(fixture, { files });
-    srv = await startServer({ dataDir: join(loop.mnt, 'data'), env: { LOOM_SERVER_WEAVER_ENABLED: 'false' } });
-    const token = await srv.token('bench');
+    // Registration from a host path: a server admin, under an import root.
+    srv = await startServer({ dataDir: join(loop.mnt, 'data'), env: { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_IMPORT_ROOTS: fixture } });
+    const token = await srv.token('bench', true);
     const s = srv;
     const waitOp = async (id: string): Promise<Op> => {
       for (;;) {

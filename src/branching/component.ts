@@ -5,7 +5,8 @@ import { branchingMigrations } from './migrations.js';
 import { BranchingStore } from './store.js';
 import { OperationRunner } from './operations.js';
 import { ContainerHost } from './containers.js';
-import { BranchingService } from './service.js';
+import { BranchingService, type ImageSource } from './service.js';
+import { isValidRef, sharedImageStore } from '../provisioners/local/images.js';
 import { SnapshotGc } from './gc.js';
 import { registerBranchingApi } from './routes.js';
 
@@ -25,10 +26,29 @@ export async function branchingComponent(config: Config, log: Logger): Promise<S
     migrations: branchingMigrations,
     async start(ctx) {
       const store = new BranchingStore(ctx.db);
-      const host = new ContainerHost(config.dataDir, blog, config.weaver.runtime);
+      const host = new ContainerHost(config.dataDir, blog, config.weaver.runtime, { cpu: config.weaver.defaultCpu, memory: config.weaver.defaultMemory, pidsLimit: config.weaver.pidsLimit });
+      const ask = ctx.quotas.resources(undefined);
+      ctx.quotas.addSource({
+        name: 'branching',
+        usage: (owner) => {
+          const h = store.held(owner);
+          return { count: h.count, cpuMillis: h.running * ask.cpuMillis, memoryBytes: h.running * ask.memoryBytes };
+        },
+      });
+      const imageStore = sharedImageStore(config.dataDir, blog);
+      const images: ImageSource = {
+        async rootfs(ref) {
+          if (!isValidRef(ref)) return null;
+          const img = await imageStore.get(ref);
+          return img ? imageStore.unpack(img) : null;
+        },
+      };
       await host.start();
       runner = new OperationRunner(store, blog, { concurrency: CONCURRENCY, timeoutMs: OPERATION_TIMEOUT_MS });
-      svc = new BranchingService({ store, orgs: ctx.orgs, host, runner, log: blog, dataDir: config.dataDir, testDelayMs: config.branching.testDelayMs });
+      svc = new BranchingService({
+        store, orgs: ctx.orgs, host, runner, log: blog, dataDir: config.dataDir, testDelayMs: config.branching.testDelayMs,
+        importRoots: config.branching.importRoots, archiveMaxBytes: config.branching.archiveMaxBytes, images, quotas: ctx.quotas,
+      });
       await svc.reconcile();
       gc = new SnapshotGc(svc, config.branching.gcIntervalSecs, blog);
       gc.start();

@@ -47,6 +47,12 @@ export function layoutOf(dataDir: string): Layout {
   };
 }
 
+export interface ContainerLimits {
+  cpu: string;
+  memory: string;
+  pidsLimit: number;
+}
+
 export class ContainerHost {
   readonly layout: Layout;
   private runtime: ContainerRuntime | null = null;
@@ -60,6 +66,8 @@ export class ContainerHost {
     readonly dataDir: string,
     private readonly log: Logger,
     private readonly runtimePref: 'auto' | 'runc' | 'crun',
+    /** cgroup limits of every branching container (the weaver defaults). */
+    private readonly limits: ContainerLimits = { cpu: '1', memory: '1Gi', pidsLimit: 1024 },
   ) {
     this.layout = layoutOf(dataDir);
   }
@@ -110,11 +118,21 @@ export class ContainerHost {
     else await fsp.mkdir(path);
   }
 
-  /** Registration: a new volume with a copy of the user's directory as rootfs. */
-  async materializeFromPath(id: string, src: string, signal: AbortSignal, onProgress?: (p: CopyProgress) => void): Promise<CopyResult> {
+  /** The bundle and an empty volume for a new container (its rootfs/ not yet made). */
+  async prepareVolume(id: string): Promise<void> {
     await fsp.mkdir(this.bundle(id), { recursive: true });
     await this.makeVolume(this.vol(id));
+  }
+
+  /** Registration: a new volume with a copy of a checked directory (import root or image) as rootfs. */
+  async materializeFromPath(id: string, src: string, signal: AbortSignal, onProgress?: (p: CopyProgress) => void): Promise<CopyResult> {
+    await this.prepareVolume(id);
     return copyTree(src, this.rootfs(id), { signal, ...(onProgress ? { onProgress } : {}) });
+  }
+
+  /** After a rootfs is written from outside (path, image, archive): make it fit to run. */
+  async finishRootfs(_id: string): Promise<void> {
+    /* ownership is shifted here when containers run in a user namespace */
   }
 
   /** Clone: the container's volume becomes a copy of the snapshot's tree. */
@@ -147,6 +165,9 @@ export class ContainerHost {
       terminal: false,
       hostname: `loom-${c.id.slice(0, 8)}`,
       cgroupsPath: `/loom/branching-${c.id}`,
+      cpu: this.limits.cpu,
+      memory: this.limits.memory,
+      pidsLimit: this.limits.pidsLimit,
     });
     await fsp.writeFile(bundleFiles(bundle).config, JSON.stringify(spec, null, 2));
     try {

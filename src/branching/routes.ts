@@ -3,7 +3,9 @@ import { Type } from '@sinclair/typebox';
 import { Strict } from '../server/http/schema.js';
 import { principal } from '../server/http/auth.js';
 import { noBody } from '../server/http/body.js';
-import type { BranchingService, CloneRequest, CreateContainerRequest, ForkRequest, SnapshotRequest } from './service.js';
+import { LoomError } from '../common/errors.js';
+import type { Readable } from 'node:stream';
+import type { ArchiveRequest, BranchingService, CloneRequest, CreateContainerRequest, ForkRequest, SnapshotRequest } from './service.js';
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, Strict);
 const StrMap = (maxProps: number) => Type.Record(Type.String({ minLength: 1, maxLength: 256 }), Type.String({ maxLength: 32768 }), { maxProperties: maxProps });
@@ -16,7 +18,8 @@ const Name = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9][
 export const CreateContainerBody = Type.Object(
   {
     name: Name,
-    rootfs_path: Type.String({ minLength: 1, maxLength: 4096 }),
+    rootfs_path: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
     command: Argv,
     env: Type.Optional(StrMap(256)),
     start_immediately: Type.Optional(Type.Boolean()),
@@ -51,6 +54,33 @@ export const ForkBody = Type.Object(
   Strict,
 );
 
+/** POST /api/containers/archive: the tar is the body; the other fields travel in the query (JSON for argv and env). */
+const ArchiveQuery = Type.Object(
+  {
+    name: Name,
+    command: Type.String({ minLength: 2, maxLength: 65536 }),
+    env: Type.Optional(Type.String({ maxLength: 65536 })),
+    start_immediately: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')])),
+    org_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+  },
+  Strict,
+);
+
+function jsonParam<T>(raw: string | undefined, field: string, check: (v: unknown) => v is T): T | undefined {
+  if (raw === undefined) return undefined;
+  let v: unknown;
+  try {
+    v = JSON.parse(raw);
+  } catch {
+    throw new LoomError(400, 'invalid_request', `querystring/${field} must be JSON`);
+  }
+  if (!check(v)) throw new LoomError(400, 'invalid_request', `querystring/${field} has the wrong shape`);
+  return v;
+}
+const isArgv = (v: unknown): v is string[] => Array.isArray(v) && v.length > 0 && v.length <= 1024 && v.every((a) => typeof a === 'string' && a.length <= 32768);
+const isStrMap = (v: unknown): v is Record<string, string> =>
+  !!v && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length <= 256 && Object.values(v).every((x) => typeof x === 'string' && x.length <= 32768);
+
 const WaitQuery = Type.Object({ wait: Type.Optional(Type.String({ pattern: '^[0-9]{1,3}(\\.[0-9]{1,3})?$' })) }, Strict);
 const SnapshotListQuery = Type.Object({ container_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })) }, Strict);
 
@@ -62,8 +92,22 @@ export async function registerBranchingApi(api: FastifyInstance, svc: BranchingS
   const id = (req: { params: unknown }) => (req.params as { id: string }).id;
 
   api.post('/api/containers', { schema: { body: CreateContainerBody } }, async (req, reply) =>
-    reply.status(202).send(svc.createContainer(principal(req).user, req.body as CreateContainerRequest)),
+    reply.status(202).send(await svc.createContainer(principal(req).user, req.body as CreateContainerRequest)),
   );
+  api.register(async (scoped) => {
+    // The body is the tar itself, streamed to the unpacker (size-capped there, not buffered here).
+    scoped.addContentTypeParser(['application/x-tar', 'application/gzip', 'application/octet-stream'], (_req, payload, done) => done(null, payload));
+    scoped.post('/api/containers/archive', { schema: { querystring: ArchiveQuery }, bodyLimit: Number.MAX_SAFE_INTEGER }, async (req, reply) => {
+      const q = req.query as { name: string; command: string; env?: string; start_immediately?: 'true' | 'false'; org_id?: string };
+      if (!req.body || typeof (req.body as Readable).pipe !== 'function') throw new LoomError(400, 'invalid_request', 'send the archive as the body with content-type application/x-tar');
+      const body: ArchiveRequest = { name: q.name, command: jsonParam(q.command, 'command', isArgv)! };
+      const env = jsonParam(q.env, 'env', isStrMap);
+      if (env) body.env = env;
+      if (q.start_immediately) body.start_immediately = q.start_immediately === 'true';
+      if (q.org_id) body.org_id = q.org_id;
+      return reply.status(202).send(await svc.createFromArchive(principal(req).user, body, req.body as Readable));
+    });
+  });
   api.get('/api/containers', async (req) => {
     const containers = await svc.listContainers(principal(req).user);
     return { containers, count: containers.length };

@@ -3,9 +3,12 @@
  * operations. Requests validate, write an `accepted` operation row and return; the work runs in
  * the OperationRunner. Every request checks org membership (404 for what the user cannot see).
  */
-import { lstatSync, promises as fsp, realpathSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
-import { LoomError, errorMessage, isLoomError } from '../common/errors.js';
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { LoomError, errorMessage } from '../common/errors.js';
+import type { Quotas } from '../weaver/quotas.js';
+import { requireSameDirectory, resolveImportPath, unpackArchive, type ImportedPath } from './registration.js';
 import type { Logger } from '../common/log.js';
 import { newId, nowIso, sha256 } from '../common/ids.js';
 import type { OrgService } from '../server/orgs/orgs.js';
@@ -23,7 +26,10 @@ import {
 
 export interface CreateContainerRequest {
   name: string;
-  rootfs_path: string;
+  /** A host directory under an import root (server admins only). */
+  rootfs_path?: string;
+  /** An image of the local image store. */
+  image?: string;
   command: string[];
   env?: Record<string, string>;
   start_immediately?: boolean;
@@ -69,6 +75,28 @@ export interface ServiceOptions {
   dataDir: string;
   /** Test hook: sleep this long inside copying operations (after the copy, before success). */
   testDelayMs: number;
+  /** Host directories under which admins may register a rootfs_path (LOOM_BRANCHING_IMPORT_ROOTS). */
+  importRoots: readonly string[];
+  /** Largest uploaded archive, as sent and as unpacked. */
+  archiveMaxBytes: number;
+  /** The local image store's unpacked root filesystems; null when there is none. */
+  images: ImageSource | null;
+  /** Limits, quotas and the free-space floor shared with weavers. */
+  quotas: Quotas;
+}
+
+/** An image name → its unpacked root filesystem (null when the store has no such image). */
+export interface ImageSource {
+  rootfs(ref: string): Promise<string | null>;
+}
+
+/** Archive registration: the JSON fields that travel in the query string beside the tar body. */
+export interface ArchiveRequest {
+  name: string;
+  command: string[];
+  env?: Record<string, string>;
+  start_immediately?: boolean;
+  org_id?: string;
 }
 
 /** What a member sees in place of another member's env values. */
@@ -207,45 +235,56 @@ export class BranchingService {
 
   // ------------------------------------------------------------------ containers
 
-  /** Refuses paths that are not absolute existing directories, symlinks, '/', or overlap the data dir. */
-  validateRootfsPath(p: string): string {
-    const bad = (why: string) => err(400, 'INVALID_ROOTFS_PATH', `rootfs_path ${JSON.stringify(p)} ${why}`);
-    if (!isAbsolute(p)) throw bad('must be an absolute path');
-    if (resolve(p) !== p) throw bad('must be a normalized absolute path (no "..", "." or trailing "/")');
-    if (p === '/') throw bad('may not be the host root');
-    let real: string;
-    try {
-      const st = lstatSync(p);
-      if (st.isSymbolicLink()) throw bad('is a symlink; give the directory itself');
-      if (!st.isDirectory()) throw bad('is not a directory');
-      real = realpathSync(p);
-    } catch (e) {
-      if (isLoomError(e)) throw e;
-      throw bad(`cannot be used: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : errorMessage(e)}`);
-    }
-    if (real === '/') throw bad('resolves to the host root');
-    let data = resolve(this.o.dataDir);
-    try {
-      data = realpathSync(data);
-    } catch {
-      /* keep */
-    }
-    if (real === data || real.startsWith(`${data}/`)) throw bad("is inside the server's data dir");
-    if (data.startsWith(`${real}/`)) throw bad("contains the server's data dir");
-    return real;
+  /**
+   * Free space and the user's and org's quotas for one more container (sync: check, then insert);
+   * its CPU and memory count when it is to start now.
+   */
+  private admitOne(userId: string, orgId: string, starts: boolean): void {
+    this.o.quotas.requireFreeSpace();
+    this.o.quotas.admit(userId, orgId, starts ? this.o.quotas.resources(undefined) : { cpuMillis: 0, memoryBytes: 0 });
   }
 
-  createContainer(user: User, req: CreateContainerRequest): Accepted {
+  private newRow(user: User, orgId: string, name: string, source: string, command: string[], env: Record<string, string>): ContainerRow {
+    const now = nowIso();
+    return {
+      id: newId(), org_id: orgId, owner_user_id: user.id, name, source_path: source, source_snapshot_id: null,
+      command: JSON.stringify(command), env: JSON.stringify(env), status: 'creating', exit_code: null, reason: null,
+      rootfs_bytes: 0, created_at: now, updated_at: now, started_at: null, stopped_at: null,
+    };
+  }
+
+  /** A host path: a server-admin right, only under the operator's import roots. */
+  private importPath(user: User, p: string): ImportedPath {
+    if (!user.is_admin) {
+      throw err(403, 'ADMIN_REQUIRED', 'registering a host directory (rootfs_path) needs a server admin; register from an image ("image") or an uploaded archive (POST /api/containers/archive)');
+    }
+    if (this.o.importRoots.length === 0) {
+      throw err(400, 'IMPORT_DISABLED', 'registering a host directory is disabled: the operator has set no import roots (LOOM_BRANCHING_IMPORT_ROOTS); register from an image or an uploaded archive');
+    }
+    return resolveImportPath(p, this.o.importRoots, this.o.dataDir);
+  }
+
+  async createContainer(user: User, req: CreateContainerRequest): Promise<Accepted> {
     const org = req.org_id ? this.o.orgs.requireRole(user.id, req.org_id, 'member') : this.o.orgs.personalOrgOf(user.id);
     validateCommand(req.command);
     const env = validateEnv(req.env);
-    const src = this.validateRootfsPath(req.rootfs_path);
-    const now = nowIso();
-    const c: ContainerRow = {
-      id: newId(), org_id: org.id, owner_user_id: user.id, name: req.name, source_path: req.rootfs_path, source_snapshot_id: null,
-      command: JSON.stringify(req.command), env: JSON.stringify(env), status: 'creating', exit_code: null, reason: null,
-      rootfs_bytes: 0, created_at: now, updated_at: now, started_at: null, stopped_at: null,
-    };
+    if ((req.rootfs_path === undefined) === (req.image === undefined)) {
+      throw err(400, 'INVALID_SOURCE', 'give exactly one of rootfs_path (server admins, under an import root) and image (from the local image store); or upload an archive to POST /api/containers/archive');
+    }
+    let from: { kind: 'path'; imp: ImportedPath } | { kind: 'image'; ref: string; lower: string };
+    if (req.rootfs_path !== undefined) from = { kind: 'path', imp: this.importPath(user, req.rootfs_path) };
+    else {
+      const ref = req.image!;
+      const lower = this.o.images ? await this.o.images.rootfs(ref).catch((e: unknown) => {
+        this.log.error({ err: e, image: ref }, 'unpacking an image for a container failed');
+        throw err(500, 'IMAGE_UNPACK_FAILED', `image ${JSON.stringify(ref)} could not be unpacked`);
+      }) : null;
+      if (!lower) throw err(400, 'IMAGE_NOT_FOUND', `image ${JSON.stringify(ref)} is not in the local image store (\`loom image ls\`; server admins import images)`);
+      from = { kind: 'image', ref, lower };
+    }
+    // No await from here to the insert: the quota check and the row are one step.
+    this.admitOne(user.id, org.id, !!req.start_immediately);
+    const c = this.newRow(user, org.id, req.name, from.kind === 'path' ? from.imp.path : `image:${from.ref}`, req.command, env);
     const op = newOperationRow({ id: newId(), org_id: org.id, user_id: user.id, type: 'container_create', container_id: c.id, params: { start_immediately: !!req.start_immediately } });
     this.store.db.transaction(() => {
       this.store.insertContainer(c);
@@ -255,7 +294,17 @@ export class BranchingService {
       this.lock.run(c.id, async () => {
         try {
           ctx.progress(1);
-          const r = await this.host.materializeFromPath(c.id, src, ctx.signal, (p) => ctx.progress(Math.min(90, 1 + p.files / 1000)));
+          const progress = (p: { files: number }) => ctx.progress(Math.min(90, 1 + p.files / 1000));
+          let r: CopyResult;
+          if (from.kind === 'path') {
+            // The directory checked at request time must be the one copied, before and after.
+            requireSameDirectory(from.imp);
+            r = await this.host.materializeFromPath(c.id, from.imp.path, ctx.signal, progress);
+            requireSameDirectory(from.imp);
+          } else {
+            r = await this.host.materializeFromPath(c.id, from.lower, ctx.signal, progress);
+          }
+          await this.host.finishRootfs(c.id);
           if (this.o.testDelayMs) await ctx.sleep(this.o.testDelayMs);
           this.store.updateContainer(c.id, { status: 'created', rootfs_bytes: r.bytes });
         } catch (e) {
@@ -263,6 +312,39 @@ export class BranchingService {
           this.store.updateContainer(c.id, { status: 'failed', reason: errorMessage(e) });
           throw e;
         }
+        if (req.start_immediately) await this.startNow(c.id);
+      }),
+    );
+  }
+
+  /**
+   * Registration from an uploaded tar: unpacked while the request streams (so a refusal is the
+   * request's answer and leaves nothing behind), then an operation starts it when asked.
+   */
+  async createFromArchive(user: User, req: ArchiveRequest, body: Readable): Promise<Accepted> {
+    const org = req.org_id ? this.o.orgs.requireRole(user.id, req.org_id, 'member') : this.o.orgs.personalOrgOf(user.id);
+    validateCommand(req.command);
+    const env = validateEnv(req.env);
+    this.admitOne(user.id, org.id, !!req.start_immediately);
+    const c = this.newRow(user, org.id, req.name, 'archive', req.command, env);
+    this.store.insertContainer(c);
+    let bytes: number;
+    try {
+      await this.host.prepareVolume(c.id);
+      ({ bytes } = await unpackArchive(body, this.host.rootfs(c.id), this.o.archiveMaxBytes));
+      await this.host.finishRootfs(c.id);
+    } catch (e) {
+      body.resume();
+      await this.host.removeFiles(c.id).catch(() => undefined);
+      this.store.deleteContainer(c.id);
+      throw e;
+    }
+    this.store.updateContainer(c.id, { status: 'created', rootfs_bytes: bytes });
+    const op = newOperationRow({ id: newId(), org_id: org.id, user_id: user.id, type: 'container_create', container_id: c.id, params: { start_immediately: !!req.start_immediately, source: 'archive' } });
+    this.store.insertOperation(op);
+    return this.submit(op, (ctx) =>
+      this.lock.run(c.id, async () => {
+        ctx.progress(90);
         if (req.start_immediately) await this.startNow(c.id);
       }),
     );
@@ -332,6 +414,7 @@ export class BranchingService {
     const c = await this.refresh(this.containerRow(user, id, 'control'));
     this.usable(c);
     if (c.status === 'running') throw err(409, 'CONTAINER_ALREADY_RUNNING', `container ${id} is already running`);
+    this.o.quotas.admit(c.owner_user_id, c.org_id, this.o.quotas.resources(undefined), false);
     const op = newOperationRow({ id: newId(), org_id: c.org_id, user_id: user.id, type: 'container_resume', container_id: c.id });
     this.store.insertOperation(op);
     return this.submit(op, (ctx) =>
@@ -582,6 +665,7 @@ export class BranchingService {
     const replay = this.replay(s.org_id, req.idempotency_key, hash);
     if (replay) return replay;
     if (s.status !== 'ready') throw err(409, 'SNAPSHOT_NOT_READY', `snapshot ${snapshotId} is still being created`);
+    this.admitOne(user.id, s.org_id, req.resume_policy === 'immediate');
     const c = this.newCloneRow(user, s.org_id, s, req.name ?? `clone-${s.id.slice(0, 8)}`, req.command);
     const op = newOperationRow({
       id: newId(), org_id: s.org_id, user_id: user.id, type: 'clone', snapshot_id: s.id, result_container_id: c.id,
@@ -601,6 +685,7 @@ export class BranchingService {
     const replay = this.replay(src.row.org_id, req.idempotency_key, hash);
     if (replay) return replay;
     const snap = this.prepareSnapshot(user, src, req.consistency_mode ?? 'crash-consistent', undefined, { 'loom.fork': 'true' });
+    this.admitOne(user.id, src.row.org_id, req.resume_policy === 'immediate');
     const base = src.kind === 'container' ? src.row.name : `weaver-${src.row.id.slice(0, 8)}`;
     const c = this.newCloneRow(user, src.row.org_id, snap, req.name ?? `${base}-fork-${snap.id.slice(0, 8)}`, req.command);
     const op = newOperationRow({

@@ -236,6 +236,14 @@ export class BranchingStore {
   deleteContainer(id: string): void {
     this.db.prepare('DELETE FROM branch_containers WHERE id = ?').run(id);
   }
+  /** Containers a user or an org holds (every status but failed) and how many of them run, for the quotas. */
+  held(owner: { userId: string } | { orgId: string }): { count: number; running: number } {
+    const [col, val] = 'userId' in owner ? ['owner_user_id', owner.userId] : ['org_id', owner.orgId];
+    return this.db
+      .prepare(`SELECT COUNT(*) AS count, COALESCE(SUM(status = 'running'), 0) AS running FROM branch_containers WHERE ${col} = ? AND status != 'failed'`)
+      .get(val) as { count: number; running: number };
+  }
+
   containersFromSnapshot(snapshotId: string): ContainerRow[] {
     return this.db.prepare('SELECT * FROM branch_containers WHERE source_snapshot_id = ?').all(snapshotId) as ContainerRow[];
   }

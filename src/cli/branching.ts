@@ -4,6 +4,8 @@
  * (a progress bar on a terminal, quiet when piped) and exits non-zero when it does not succeed.
  */
 import { Command, Option } from 'commander';
+import { createReadStream, statSync } from 'node:fs';
+import { Readable } from 'node:stream';
 import { CliError, type ApiClient } from './client.js';
 import type { Operation } from '../branching/store.js';
 import { client, globals } from './context.js';
@@ -317,18 +319,50 @@ export function registerBranchingCommands(program: Command): void {
 
   container
     .command('create')
-    .description('register a container: its rootfs is copied from --rootfs; the command is an argv, never run through a shell')
+    .description('register a container from an image, an uploaded tar archive, or (server admins) a host directory under an import root; the command is an argv, never run through a shell')
     .requiredOption('--name <name>', 'container name')
-    .requiredOption('--rootfs <path>', 'absolute path of a root filesystem directory')
+    .option('--image <name>', 'an image of the local image store (loom image ls)')
+    .option('--archive <file>', 'a tar or tar.gz of a root filesystem, uploaded')
+    .option('--rootfs <path>', 'server admins: a host directory under one of LOOM_BRANCHING_IMPORT_ROOTS')
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect, [])
     .option('--start', 'start it at once')
     .option('--org <org>', 'organization UUID (default: your personal org)')
     .option('--wait', 'wait until it is created (and started)')
     .option('--json', 'output JSON')
     .argument('<command...>', 'argv to run (put it after --)')
-    .action(async (argv: string[], o: { name: string; rootfs: string; env: string[]; start?: boolean; org?: string; wait?: boolean }, cmd: Command) => {
+    .action(async (argv: string[], o: { name: string; rootfs?: string; image?: string; archive?: string; env: string[]; start?: boolean; org?: string; wait?: boolean }, cmd: Command) => {
+      const sources = [o.rootfs, o.image, o.archive].filter((x) => x !== undefined).length;
+      if (sources !== 1) throw new CliError('give exactly one of --image, --archive and --rootfs');
       const api = client(cmd);
-      const body: Record<string, unknown> = { name: o.name, rootfs_path: o.rootfs, command: argv, start_immediately: !!o.start };
+      if (o.archive !== undefined) {
+        let size: number;
+        try {
+          const st = statSync(o.archive);
+          if (!st.isFile()) throw new Error('not a file');
+          size = st.size;
+        } catch {
+          throw new CliError(`${o.archive}: not a readable file`);
+        }
+        const q = new URLSearchParams({ name: o.name, command: JSON.stringify(argv), start_immediately: String(!!o.start) });
+        if (o.env.length) q.set('env', JSON.stringify(parseLabels(o.env)));
+        if (o.org) q.set('org_id', o.org);
+        const progress = new Progress(interactive(globals(cmd).json));
+        let sent = 0;
+        const src = createReadStream(o.archive);
+        src.on('data', (c: Buffer | string) => {
+          sent += c.length;
+          progress.update(`Uploading ${(sent / 1048576).toFixed(1)} MiB of ${(size / 1048576).toFixed(1)} MiB…`);
+        });
+        const op = await api.request<OperationView>('POST', `/api/containers/archive?${q.toString()}`, {
+          rawBody: Readable.toWeb(src) as unknown as RequestInit['body'],
+          headers: { 'content-type': 'application/x-tar' },
+        });
+        progress.done();
+        return report(api, cmd, op, !!o.wait);
+      }
+      const body: Record<string, unknown> = { name: o.name, command: argv, start_immediately: !!o.start };
+      if (o.rootfs !== undefined) body.rootfs_path = o.rootfs;
+      if (o.image !== undefined) body.image = o.image;
       if (o.env.length) body.env = parseLabels(o.env);
       if (o.org) body.org_id = o.org;
       await report(api, cmd, await api.post<OperationView>('/api/containers', body), !!o.wait);

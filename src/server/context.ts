@@ -6,6 +6,7 @@ import type { UserService } from './auth/users.js';
 import type { TokenService } from './auth/tokens.js';
 import type { DeviceFlow } from './auth/device.js';
 import type { OrgService } from './orgs/orgs.js';
+import type { Quotas } from '../weaver/quotas.js';
 import type { StreamRegistry } from './streams.js';
 import type { LoginLimiter } from './auth/login-limit.js';
 
@@ -19,6 +20,8 @@ export interface AppContext {
   tokens: TokenService;
   device: DeviceFlow;
   orgs: OrgService;
+  /** Resource limits and quotas shared by weavers and branching containers. */
+  quotas: Quotas;
   /** Open attach/log/… streams, closed when the credential or membership that opened them goes. */
   streams: StreamRegistry;
   /** Failed sign-in counting (per account and per address) for /device/login and token routes. */

@@ -14,6 +14,7 @@ import { LoginLimiter } from './auth/login-limit.js';
 import type { AppContext } from './context.js';
 import type { ServerComponent } from './component.js';
 import { buildApp } from './app.js';
+import { Quotas } from '../weaver/quotas.js';
 import { LoomError, errorMessage } from '../common/errors.js';
 
 export interface CoreHandle {
@@ -36,6 +37,7 @@ export function openCore(config: Config, log: Logger, components: ServerComponen
     log,
     metrics: new Metrics(),
     orgs,
+    quotas: Quotas.fromConfig(config),
     tokens,
     streams: new StreamRegistry({ tokens, orgs, events, log, recheckMs: config.streams.recheckSecs * 1000 }),
     loginLimiter: new LoginLimiter(config.auth.loginMaxFailures, config.auth.loginWindowSecs * 1000),

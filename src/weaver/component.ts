@@ -38,11 +38,13 @@ export async function weaverComponent(config: Config, log: Logger, backend?: Bac
     migrations: weaverMigrations,
     async start(ctx) {
       const store = new WeaverStore(ctx.db);
+      ctx.quotas.addSource({ name: 'weavers', usage: (o) => store.usage(o) });
       svc = new WeaverService({
         config: config.weaver,
         store,
         orgs: ctx.orgs,
         provisioner: b.provisioner,
+        quotas: ctx.quotas,
         log: log.child({ component: 'weaver' }),
         metrics: new WeaverMetrics(ctx.metrics.registry, () => store.countLive()),
         ...(b.defaultImage ? { backendDefaultImage: b.defaultImage } : {}),

@@ -100,6 +100,11 @@ export interface Provisioner {
   /** Called once at start with the ids of every weaver the store has not ended. */
   reconcile(knownIds: string[]): Promise<ReconcileReport>;
   health(): Promise<BackendHealth>;
+  /**
+   * Bytes a weaver has written to disk (root filesystem changes plus workspace), or null when
+   * unknown. Backends without it have no disk monitor (Kubernetes limits ephemeral storage itself).
+   */
+  diskUsage?(id: string): Promise<number | null>;
   /** Stops watchers and timers; leaves weavers running. */
   close(): Promise<void>;
 }

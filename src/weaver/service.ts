@@ -10,6 +10,7 @@ import { WeaverStore, type Weaver } from './store.js';
 import { validateCreate, type CreateWeaverRequest } from './validation.js';
 import { AttachHub } from './attach-hub.js';
 import type { WeaverMetrics } from './metrics.js';
+import type { Quotas } from './quotas.js';
 
 // setTimeout takes at most a signed 32-bit delay; longer waits are re-armed.
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -22,6 +23,7 @@ export interface WeaverServiceDeps {
   provisioner: Provisioner;
   log: Logger;
   metrics: WeaverMetrics;
+  quotas: Quotas;
   /** Image used when a request names none and LOOM_SERVER_WEAVER_DEFAULT_IMAGE is empty. */
   backendDefaultImage?: string;
 }
@@ -40,6 +42,8 @@ export class WeaverService {
   // container or pod after we deleted it, and leak it.
   private readonly creating = new Map<string, Promise<void>>();
   private sweepTimer: NodeJS.Timeout | null = null;
+  private diskTimer: NodeJS.Timeout | null = null;
+  private checkingDisk = false;
   private unwatch: (() => void) | null = null;
 
   constructor(private readonly d: WeaverServiceDeps) {}
@@ -72,12 +76,17 @@ export class WeaverService {
     }
     this.sweepTimer = setInterval(() => this.sweep(), this.d.config.cleanupIntervalSecs * 1000);
     this.sweepTimer.unref();
+    if (provisioner.diskUsage && this.d.config.diskMaxBytes > 0) {
+      this.diskTimer = setInterval(() => void this.checkDisk(), this.d.config.diskCheckSecs * 1000);
+      this.diskTimer.unref();
+    }
     log.info({ adopted: report.adopted.length, orphans: report.orphansRemoved.length, missing: report.missing.length }, 'weaver reconcile done');
   }
 
   async stop(): Promise<void> {
     this.unwatch?.();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    if (this.diskTimer) clearInterval(this.diskTimer);
     for (const t of [...this.expiryTimers.values(), ...this.readyTimers.values()]) clearTimeout(t);
     this.expiryTimers.clear();
     this.readyTimers.clear();
@@ -93,6 +102,9 @@ export class WeaverService {
     const org = req.org_id ? orgs.requireRole(user.id, req.org_id, 'member') : orgs.personalOrgOf(user.id);
     const image = v.image ?? (config.defaultImage || this.d.backendDefaultImage);
     if (!image) throw new LoomError(400, 'image_required', 'no image given and the server has no default image (set LOOM_SERVER_WEAVER_DEFAULT_IMAGE)');
+    const ask = this.d.quotas.resources(v.resources);
+    this.d.quotas.requireFreeSpace();
+    this.d.quotas.admit(user.id, org.id, ask);
     const now = new Date();
     const w: Weaver = {
       id: newId(),
@@ -271,6 +283,28 @@ export class WeaverService {
    * A weaver that failed before it ever ran: keep the reason and the last log lines in the
    * record, then free the backend's resources (containers, pods) at once.
    */
+  /**
+   * The disk cap where the filesystem gives no project quota: running weavers are measured every
+   * LOOM_SERVER_WEAVER_DISK_CHECK_SECS and one past LOOM_SERVER_WEAVER_DISK_MAX is stopped (failed,
+   * with the reason). A weaver can overshoot by what it writes between two checks.
+   */
+  private async checkDisk(): Promise<void> {
+    const usage = this.d.provisioner.diskUsage;
+    if (this.checkingDisk || !usage) return;
+    this.checkingDisk = true;
+    try {
+      const cap = this.d.config.diskMaxBytes;
+      for (const w of this.d.store.all().filter((x) => x.status === 'running')) {
+        const bytes = await usage.call(this.d.provisioner, w.id).catch(() => null);
+        if (bytes === null || bytes <= cap) continue;
+        const mib = (n: number) => `${Math.round(n / 1048576)} MiB`;
+        await this.fail(w.id, `disk_quota_exceeded: the weaver wrote ${mib(bytes)} (root filesystem changes and /workspace), over the cap of ${mib(cap)} (LOOM_SERVER_WEAVER_DISK_MAX); it was stopped`);
+      }
+    } finally {
+      this.checkingDisk = false;
+    }
+  }
+
   private async fail(id: string, reason: string): Promise<void> {
     const w = this.d.store.get(id);
     if (!w || w.status === 'terminating') return;

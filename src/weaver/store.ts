@@ -1,5 +1,6 @@
 import type { Db } from '../server/store/db.js';
 import type { WeaverStatus } from './provisioner.js';
+import { sumUsage, type Owner, type Usage } from './quotas.js';
 
 /** A weaver as the API shows it. */
 export interface Weaver {
@@ -109,6 +110,13 @@ export class WeaverStore {
       this.insert(w, backend);
       return true;
     })();
+  }
+
+  /** CPU and memory held by the live weavers of a user or an org (for the quotas). */
+  usage(owner: Owner): Usage {
+    const [col, val] = 'userId' in owner ? ['owner_user_id', owner.userId] : ['org_id', owner.orgId];
+    const rows = this.db.prepare(`SELECT cpu, memory FROM weavers WHERE ${col} = ? AND status IN ('pending', 'running')`).all(val) as { cpu: string; memory: string }[];
+    return sumUsage(rows);
   }
 
   get(id: string): Weaver | null {

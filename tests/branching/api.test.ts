@@ -32,10 +32,11 @@ t.teardown(() => fx.cleanup());
 
 t.before(async () => {
   // The server's teardown (runtime delete of its containers, leak check) is registered before it
-  // starts; the API cleanup below is registered later and so runs first.
-  srv = await startServer({ t, env: { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_GC_INTERVAL_SECS: '1' } });
+  // starts; the API cleanup below is registered later and so runs first. alice is a server admin
+  // registering from an import root (the fixture's folder).
+  srv = await startServer({ t, env: { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_GC_INTERVAL_SECS: '1', LOOM_BRANCHING_IMPORT_ROOTS: fx.dir } });
   t.teardown(() => cleanupContainers(srv, [token, other]));
-  token = await srv.token('alice');
+  token = await srv.token('alice', true);
   other = await srv.token('mallory');
 });
 

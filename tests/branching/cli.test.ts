@@ -1,5 +1,7 @@
 /** The branching commands through the real `loom` binary against the real server. */
 import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
 import { startServer, loomCli, tempDir, type TestServer } from '../support/server.js';
 import { cleanupContainers, makeFixture, runtimeState } from './helpers.js';
 
@@ -24,7 +26,10 @@ t.before(async () => {
 interface OpJson { operation_id: string; status: string; container_id?: string; snapshot_id?: string; result_container_id?: string; capability_downgrades: string[] }
 
 t.test('container create, snapshot (both forms), clone, fork, op --wait, snapshot ls --json, lineage, pin, rm', async (t) => {
-  const create = await loom(['--json', 'container', 'create', '--name', 'cli-demo', '--rootfs', fx.rootfs, '--start', '--wait', '--', '/bin/sh', '-c', 'sleep 60']);
+  // A plain member registers from an uploaded archive of the fixture.
+  const archive = join(fx.dir, 'rootfs.tar');
+  execFileSync('tar', ['-C', fx.rootfs, '-cf', archive, '.']);
+  const create = await loom(['--json', 'container', 'create', '--name', 'cli-demo', '--archive', archive, '--start', '--wait', '--', '/bin/sh', '-c', 'sleep 60']);
   t.equal(create.code, 0, create.stderr);
   const cop = JSON.parse(create.stdout) as OpJson;
   t.equal(cop.status, 'succeeded');

@@ -14,11 +14,11 @@ t.test('restart in the middle of an operation', async (t) => {
   const fx = makeFixture();
   t.teardown(() => fx.cleanup());
   const dataDir = freshDataDir();
-  const env = { LOOM_SERVER_WEAVER_ENABLED: 'false' };
+  const env = { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_IMPORT_ROOTS: fx.dir };
   // Each server registers its teardown (runtime delete of the data dir's containers) before it
   // starts; the last one also checks for leftovers and removes the data dir.
   let srv: TestServer = await startServer({ t, dataDir, keepData: true, env });
-  let token = await srv.token('alice');
+  let token = await srv.token('alice', true);
   const create = await mutate(srv, token, 'POST', '/api/containers', { name: 'r', rootfs_path: fx.rootfs, command: ['/bin/sh', '-c', 'sleep 120'], start_immediately: true });
   t.equal(create.status, 'succeeded');
   const cid = create.container_id!;
@@ -37,7 +37,7 @@ t.test('restart in the middle of an operation', async (t) => {
   await srv.stop('SIGKILL');
 
   srv = await startServer({ t, dataDir, keepData: true, env });
-  token = await srv.token('alice');
+  token = await srv.token('alice', true);
   const op = await srv.api<Op>('GET', `/api/operations/${r.body.operation_id}`, token);
   t.equal(op.status, 200);
   t.equal(op.body.status, 'failed');

@@ -21,7 +21,15 @@ export const FULL_SAMPLE = {
   sessionIdleDays: 7,
   streams: { recheckSecs: 5, pingSecs: 0.5 },
   auth: { loginMaxFailures: 3, loginWindowSecs: 60 },
+  minFreeDisk: '5Gi',
+  quota: { user: { count: 5, cpu: '4', memory: '8Gi' }, org: { count: 50, cpu: '16', memory: '32Gi' } },
   weaver: {
+    maxCpu: '8',
+    maxMemory: '16Gi',
+    pidsLimit: 2048,
+    diskMax: '20Gi',
+    diskCheckSecs: 30,
+    git: { allowedNetworks: ['10.1.0.0/16', 'fd00::/8'], maxBytes: 2147483648, timeoutSecs: 600, caFile: '/etc/loom/git-ca.pem' },
     enable: false,
     backend: 'kubernetes',
     runtime: 'runc',
@@ -46,7 +54,7 @@ export const FULL_SAMPLE = {
       healthPort: 9191,
     },
   },
-  branching: { gcIntervalSecs: 300 },
+  branching: { gcIntervalSecs: 300, importRoots: ['/srv/rootfs', '/data/images'], archiveMaxBytes: 4294967296 },
 };
 
 const FULL_ENV = {
@@ -81,6 +89,24 @@ const FULL_ENV = {
   LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT: '9190',
   LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT: '9191',
   LOOM_BRANCHING_GC_INTERVAL_SECS: '300',
+  LOOM_MIN_FREE_DISK: '5Gi',
+  LOOM_QUOTA_USER_COUNT: '5',
+  LOOM_QUOTA_USER_CPU: '4',
+  LOOM_QUOTA_USER_MEMORY: '8Gi',
+  LOOM_QUOTA_ORG_COUNT: '50',
+  LOOM_QUOTA_ORG_CPU: '16',
+  LOOM_QUOTA_ORG_MEMORY: '32Gi',
+  LOOM_SERVER_WEAVER_MAX_CPU: '8',
+  LOOM_SERVER_WEAVER_MAX_MEMORY: '16Gi',
+  LOOM_SERVER_WEAVER_PIDS_LIMIT: '2048',
+  LOOM_SERVER_WEAVER_DISK_MAX: '20Gi',
+  LOOM_SERVER_WEAVER_DISK_CHECK_SECS: '30',
+  LOOM_SERVER_WEAVER_GIT_ALLOWED_NETWORKS: '10.1.0.0/16,fd00::/8',
+  LOOM_SERVER_WEAVER_GIT_MAX_BYTES: '2147483648',
+  LOOM_SERVER_WEAVER_GIT_TIMEOUT_SECS: '600',
+  LOOM_SERVER_WEAVER_GIT_CA_FILE: '/etc/loom/git-ca.pem',
+  LOOM_BRANCHING_IMPORT_ROOTS: '/srv/rootfs,/data/images',
+  LOOM_BRANCHING_ARCHIVE_MAX_BYTES: '4294967296',
 };
 
 const DEFAULT_ENV = {
@@ -110,6 +136,21 @@ const DEFAULT_ENV = {
   LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT: '9090',
   LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT: '9091',
   LOOM_BRANCHING_GC_INTERVAL_SECS: '60',
+  LOOM_MIN_FREE_DISK: '1Gi',
+  LOOM_QUOTA_USER_COUNT: '20',
+  LOOM_QUOTA_USER_CPU: '8',
+  LOOM_QUOTA_USER_MEMORY: '16Gi',
+  LOOM_QUOTA_ORG_COUNT: '100',
+  LOOM_QUOTA_ORG_CPU: '32',
+  LOOM_QUOTA_ORG_MEMORY: '64Gi',
+  LOOM_SERVER_WEAVER_MAX_CPU: '4',
+  LOOM_SERVER_WEAVER_MAX_MEMORY: '8Gi',
+  LOOM_SERVER_WEAVER_PIDS_LIMIT: '1024',
+  LOOM_SERVER_WEAVER_DISK_MAX: '10Gi',
+  LOOM_SERVER_WEAVER_DISK_CHECK_SECS: '10',
+  LOOM_SERVER_WEAVER_GIT_MAX_BYTES: '1073741824',
+  LOOM_SERVER_WEAVER_GIT_TIMEOUT_SECS: '300',
+  LOOM_BRANCHING_ARCHIVE_MAX_BYTES: '2147483648',
 };
 
 const mapped = VARIABLES.filter((v) => v.option !== null);

@@ -94,7 +94,7 @@ t.test('role matrix over every route and stream', async (t) => {
   // The member's (bob's) resources, and one of the other member's (carol's).
   const w: Weaver = await runningWeaver(srv, tok.member, { org_id: team.orgId, env: { W_SECRET: 'weaver-secret-value' } });
   const createOp = await mutate(srv, tok.member, 'POST', '/api/containers', {
-    name: 'bobs', org_id: team.orgId, rootfs_path: fx.rootfs, command: ['/bin/sleep', '1000'], env: { C_SECRET: 'container-secret-value' }, start_immediately: true,
+    name: 'bobs', org_id: team.orgId, image: 'loom/default:latest', command: ['/bin/sleep', '1000'], env: { C_SECRET: 'container-secret-value' }, start_immediately: true,
   });
   t.equal(createOp.status, 'succeeded', JSON.stringify(createOp));
   const cid = createOp.container_id!;
@@ -103,7 +103,7 @@ t.test('role matrix over every route and stream', async (t) => {
   const sid = snapOp.snapshot_id!;
   t.equal((await srv.api('POST', `/api/snapshots/${sid}/pin`, tok.member)).status, 200);
   const carolOp = await mutate(srv, tok.other_member, 'POST', '/api/containers', {
-    name: 'carols', org_id: team.orgId, rootfs_path: fx.rootfs, command: ['/bin/sleep', '1000'], start_immediately: true,
+    name: 'carols', org_id: team.orgId, image: 'loom/default:latest', command: ['/bin/sleep', '1000'], start_immediately: true,
   });
   const c2 = carolOp.container_id!;
 

@@ -23,6 +23,8 @@ export function localBackend(config: Config, log: Logger): BackendHandle {
     network: config.weaver.network,
     defaultCpu: config.weaver.defaultCpu,
     defaultMemory: config.weaver.defaultMemory,
+    pidsLimit: config.weaver.pidsLimit,
+    git: config.weaver.git,
   });
   return {
     provisioner,

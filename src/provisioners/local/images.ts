@@ -74,6 +74,25 @@ export function isValidRef(ref: string): boolean {
   return /^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$/.test(ref) && !ref.split(/[/:@]/).some((seg) => seg === '.' || seg === '..');
 }
 
+/** Where the local image store lives under a server data dir. */
+export const localImagesRoot = (dataDir: string): string => join(dataDir, 'local', 'images');
+
+const shared = new Map<string, ImageStore>();
+
+/**
+ * The one ImageStore of a data dir in this process: the local backend and branching registration
+ * share it, so unpacks of the same digest are serialized by one mutex.
+ */
+export function sharedImageStore(dataDir: string, log: Logger, pullTimeoutMs?: number): ImageStore {
+  const root = localImagesRoot(dataDir);
+  let s = shared.get(root);
+  if (!s) {
+    s = new ImageStore({ root, log, ...(pullTimeoutMs !== undefined ? { pullTimeoutMs } : {}) });
+    shared.set(root, s);
+  }
+  return s;
+}
+
 const tagFor = (name: string): string => `n-${createHash('sha256').update(name).digest('hex').slice(0, 32)}`;
 
 export class ImageStore {

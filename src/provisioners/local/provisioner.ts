@@ -18,14 +18,14 @@ import type {
 } from '../../weaver/provisioner.js';
 import { ensureAttachRelay, openTerminalStream, type RelayCommand } from './attach.js';
 import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage } from './default-image.js';
-import { cloneRepo, repoName } from './git.js';
-import { ImageStore, isValidRef, type ImageRunConfig } from './images.js';
+import { cloneRepo, repoName, type GitOptions } from './git.js';
+import { ImageStore, isValidRef, sharedImageStore, type ImageRunConfig } from './images.js';
 import { startSlirp, stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './network.js';
 import { OverlayMaterializer, unmountAll, type Materializer } from './rootfs.js';
 import { ContainerRuntime, bundleFiles, detectRuntime, type RuntimeState } from './runtime.js';
 import { buildOciSpec } from './spec.js';
 import { RuntimeHooks, type HookContext } from './hooks.js';
-import { exists, readJson, sleep, writeJsonAtomic } from './util.js';
+import { exists, readJson, run, sleep, writeJsonAtomic } from './util.js';
 import { KeyedMutex } from '../../common/keyed-mutex.js';
 import { followLog, readLogTail } from './logs.js';
 
@@ -38,6 +38,10 @@ export interface LocalProvisionerOptions {
   /** Used when a spec's resources are empty. */
   defaultCpu?: string;
   defaultMemory?: string;
+  /** cgroup pids limit of every weaver (default 1024). */
+  pidsLimit?: number;
+  /** Repository clones: allowed private networks, size and time caps, extra CA bundle. */
+  git?: GitOptions;
   materializer?: Materializer;
   /** How long a registry pull may take before the weaver fails (default 20 s). */
   pullTimeoutMs?: number;
@@ -103,7 +107,7 @@ export class LocalProvisioner implements Provisioner {
     this.base = join(opts.dataDir, 'local');
     this.weaversDir = join(this.base, 'weavers');
     this.exitDir = join(this.base, 'exits');
-    this.images = new ImageStore({ root: join(this.base, 'images'), log: this.log, pullTimeoutMs: opts.pullTimeoutMs ?? 20_000 });
+    this.images = sharedImageStore(opts.dataDir, this.log, opts.pullTimeoutMs ?? 20_000);
     this.materializer = opts.materializer ?? new OverlayMaterializer();
   }
 
@@ -288,7 +292,7 @@ export class LocalProvisioner implements Provisioner {
       await fsp.chown(workspace, user.uid, user.gid);
       let cwd = resolved.config.workingDir || '/workspace';
       if (spec.repo) {
-        const r = await cloneRepo(spec.repo, spec.branch, workspace, user.uid, user.gid);
+        const r = await cloneRepo(spec.repo, spec.branch, workspace, user.uid, user.gid, this.opts.git);
         if (signal.aborted) return;
         if (!r.ok) {
           const reason = `git clone failed: ${r.message}`;
@@ -324,6 +328,7 @@ export class LocalProvisioner implements Provisioner {
         cgroupsPath: `/loom/${id}`,
         cpu: spec.resources.cpu || this.opts.defaultCpu || undefined,
         memory: spec.resources.memory || this.opts.defaultMemory || undefined,
+        pidsLimit: this.opts.pidsLimit ?? 1024,
         binds: [{ source: workspace, destination: '/workspace' }],
         consoleSize: { cols: 80, rows: 24 },
       });
@@ -364,6 +369,23 @@ export class LocalProvisioner implements Provisioner {
     } catch (e) {
       await fail(`provisioning failed: ${errorMessage(e)}`);
     }
+  }
+
+  /** Bytes on disk of the weaver's upper layer and workspace (du, one filesystem, no symlinks followed). */
+  async diskUsage(id: string): Promise<number | null> {
+    let dir: string;
+    try {
+      dir = this.dir(id);
+    } catch {
+      return null;
+    }
+    const paths = [join(dir, 'layer', 'upper'), join(dir, 'workspace')];
+    const present: string[] = [];
+    for (const p of paths) if (await exists(p)) present.push(p);
+    if (present.length === 0) return null;
+    const r = await run('du', ['-sxB1', '--', ...present], { timeoutMs: 60_000 });
+    if (r.code !== 0 && !r.stdout) return null;
+    return r.stdout.split('\n').reduce((sum, l) => sum + (Number(l.split('\t')[0]) || 0), 0);
   }
 
   // ---------------------------------------------------------------- read

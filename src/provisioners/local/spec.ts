@@ -119,7 +119,7 @@ export function buildOciSpec(i: ContainerSpecInput): OciSpec {
   if (i.privateNetwork !== false) namespaces.push({ type: 'network' });
   const resources: OciSpec['linux']['resources'] = {
     devices: [{ allow: false, access: 'rwm' }],
-    pids: { limit: i.pidsLimit ?? 4096 },
+    pids: { limit: i.pidsLimit ?? 1024 },
   };
   if (i.memory) {
     const limit = parseMemoryQuantity(i.memory);

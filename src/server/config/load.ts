@@ -1,4 +1,7 @@
+import { isAbsolute, resolve } from 'node:path';
 import table from './variables.json' with { type: 'json' };
+import { cpuMillis, memoryBytes } from '../../common/quantity.js';
+import { parseCidrs } from '../../common/netaddr.js';
 
 /** One variable of the shared table (also read by nixos-modules/loom-server.nix). */
 export interface VariableSpec {
@@ -41,6 +44,13 @@ export interface WeaverConfig {
   maxConcurrent: number;
   readyTimeoutSecs: number;
   imagePullSecrets: string[];
+  /** Largest cpu / memory one weaver or branching container may ask for. */
+  maxCpu: string;
+  maxMemory: string;
+  pidsLimit: number;
+  diskMaxBytes: number;
+  diskCheckSecs: number;
+  git: { allowedNetworks: string[]; maxBytes: number; timeoutSecs: number; caFile: string };
   audit: {
     enabled: boolean;
     image: string;
@@ -61,7 +71,16 @@ export interface Config {
   streams: { recheckSecs: number; pingSecs: number };
   auth: { loginMaxFailures: number; loginWindowSecs: number };
   weaver: WeaverConfig;
-  branching: { gcIntervalSecs: number; testDelayMs: number };
+  branching: { gcIntervalSecs: number; testDelayMs: number; importRoots: string[]; archiveMaxBytes: number };
+  /** Per-user and per-org quotas over weavers and branching containers; 0 means no limit. */
+  quota: { user: QuotaLimit; org: QuotaLimit };
+  minFreeDiskBytes: number;
+}
+
+export interface QuotaLimit {
+  count: number;
+  cpuMillis: number;
+  memoryBytes: number;
 }
 
 /** A configuration value that is wrong; the message is the one line the server prints before it stops. */
@@ -182,6 +201,17 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       maxConcurrent: get<number>('LOOM_SERVER_WEAVER_MAX_CONCURRENT'),
       readyTimeoutSecs: get<number>('LOOM_SERVER_WEAVER_READY_TIMEOUT_SECS'),
       imagePullSecrets: get<string[]>('LOOM_SERVER_WEAVER_IMAGE_PULL_SECRETS'),
+      maxCpu: get<string>('LOOM_SERVER_WEAVER_MAX_CPU'),
+      maxMemory: get<string>('LOOM_SERVER_WEAVER_MAX_MEMORY'),
+      pidsLimit: get<number>('LOOM_SERVER_WEAVER_PIDS_LIMIT'),
+      diskMaxBytes: memoryBytes(get<string>('LOOM_SERVER_WEAVER_DISK_MAX'))!,
+      diskCheckSecs: get<number>('LOOM_SERVER_WEAVER_DISK_CHECK_SECS'),
+      git: {
+        allowedNetworks: get<string[]>('LOOM_SERVER_WEAVER_GIT_ALLOWED_NETWORKS'),
+        maxBytes: get<number>('LOOM_SERVER_WEAVER_GIT_MAX_BYTES'),
+        timeoutSecs: get<number>('LOOM_SERVER_WEAVER_GIT_TIMEOUT_SECS'),
+        caFile: get<string>('LOOM_SERVER_WEAVER_GIT_CA_FILE'),
+      },
       audit: {
         enabled: get<boolean>('LOOM_SERVER_WEAVER_AUDIT_ENABLED'),
         image: get<string>('LOOM_SERVER_WEAVER_AUDIT_IMAGE'),
@@ -191,8 +221,40 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
         healthPort: get<number>('LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT'),
       },
     },
-    branching: { gcIntervalSecs: get<number>('LOOM_BRANCHING_GC_INTERVAL_SECS'), testDelayMs: get<number>('LOOM_BRANCHING_TEST_DELAY_MS') },
+    branching: {
+      gcIntervalSecs: get<number>('LOOM_BRANCHING_GC_INTERVAL_SECS'),
+      testDelayMs: get<number>('LOOM_BRANCHING_TEST_DELAY_MS'),
+      importRoots: get<string[]>('LOOM_BRANCHING_IMPORT_ROOTS').flatMap((r) => r.split(':')).map((r) => r.trim()).filter(Boolean),
+      archiveMaxBytes: get<number>('LOOM_BRANCHING_ARCHIVE_MAX_BYTES'),
+    },
+    quota: {
+      user: {
+        count: get<number>('LOOM_QUOTA_USER_COUNT'),
+        cpuMillis: cpuMillis(get<string>('LOOM_QUOTA_USER_CPU'))!,
+        memoryBytes: memoryBytes(get<string>('LOOM_QUOTA_USER_MEMORY'))!,
+      },
+      org: {
+        count: get<number>('LOOM_QUOTA_ORG_COUNT'),
+        cpuMillis: cpuMillis(get<string>('LOOM_QUOTA_ORG_CPU'))!,
+        memoryBytes: memoryBytes(get<string>('LOOM_QUOTA_ORG_MEMORY'))!,
+      },
+    },
+    minFreeDiskBytes: memoryBytes(get<string>('LOOM_MIN_FREE_DISK'))!,
   };
+  try {
+    parseCidrs(cfg.weaver.git.allowedNetworks);
+  } catch (e) {
+    throw new ConfigError('LOOM_SERVER_WEAVER_GIT_ALLOWED_NETWORKS', (e as Error).message);
+  }
+  for (const r of cfg.branching.importRoots) {
+    if (!isAbsolute(r) || resolve(r) !== r) throw new ConfigError('LOOM_BRANCHING_IMPORT_ROOTS', `${JSON.stringify(r)} is not a normalized absolute path`);
+  }
+  for (const [name, def, max] of [
+    ['LOOM_SERVER_WEAVER_DEFAULT_CPU', cpuMillis(cfg.weaver.defaultCpu)!, cpuMillis(cfg.weaver.maxCpu)!],
+    ['LOOM_SERVER_WEAVER_DEFAULT_MEMORY', memoryBytes(cfg.weaver.defaultMemory)!, memoryBytes(cfg.weaver.maxMemory)!],
+  ] as const) {
+    if (def > max) throw new ConfigError(name, `the default is over ${name.replace('DEFAULT', 'MAX')}`);
+  }
   if (cfg.weaver.defaultTtlHours > cfg.weaver.maxTtlHours) {
     throw new ConfigError('LOOM_SERVER_WEAVER_DEFAULT_TTL_HOURS', `${cfg.weaver.defaultTtlHours} is over LOOM_SERVER_WEAVER_MAX_TTL_HOURS (${cfg.weaver.maxTtlHours})`);
   }
