@@ -427,12 +427,13 @@ export class BranchingService {
       if (rt) {
         const target = src.row.id;
         const t0 = performance.now();
-        await rt.pause(target);
+        await rt.freeze(target, `app-consistent snapshot ${snap.id}`);
         try {
           result = await copy();
+          if (this.o.testDelayMs) await ctx.sleep(this.o.testDelayMs);
         } finally {
           try {
-            await rt.resume(target);
+            await rt.thaw(target);
           } catch (e) {
             this.log.error({ err: e, container: target }, 'thaw after app-consistent snapshot failed');
             ctx.warn(`thawing ${target} failed: ${errorMessage(e)}`);
@@ -443,9 +444,9 @@ export class BranchingService {
       } else {
         if (snap.consistency_mode === 'app-consistent') ctx.warn('app-consistent: the container was not running; nothing to freeze');
         result = await copy();
+        if (this.o.testDelayMs) await ctx.sleep(this.o.testDelayMs);
         if (snap.consistency_mode === 'app-consistent') frozenMs = 0;
       }
-      if (this.o.testDelayMs) await ctx.sleep(this.o.testDelayMs);
       const patch = { status: 'ready' as const, strategy: result.strategy, files: result.files, bytes: result.bytes, frozen_ms: frozenMs, completed_at: nowIso() };
       this.store.updateSnapshot(snap.id, patch);
       if (src.kind === 'container' && result.strategy !== 'subvolume') this.store.updateContainer(src.row.id, { rootfs_bytes: result.bytes });
@@ -600,6 +601,21 @@ export class BranchingService {
       });
     }
     if (interrupted.length) this.log.warn({ operations: interrupted.map((o) => o.id) }, 'branching: interrupted operations marked failed');
+    // An interrupted fork leaves nothing behind: not its would-be container (whatever state it
+    // reached), nor the intermediate snapshot it was being cloned from.
+    for (const op of interrupted.filter((o) => o.operation_type === 'fork')) {
+      if (op.result_container_id && this.store.container(op.result_container_id)) {
+        await this.host.removeRuntime(op.result_container_id).catch(() => undefined);
+        await this.host.removeFiles(op.result_container_id).catch((e) => this.log.error({ err: e }, 'removing an interrupted fork'));
+        this.store.deleteContainer(op.result_container_id);
+      }
+      const s = op.snapshot_id ? this.store.snapshot(op.snapshot_id) : null;
+      if (s && this.store.containersFromSnapshot(s.id).length === 0 && !s.pinned) {
+        await removeTree(this.host.snapshotDir(s.id)).catch((e) => this.log.error({ err: e }, 'removing the snapshot of an interrupted fork'));
+        this.store.deleteSnapshot(s.id);
+      }
+      this.log.warn({ operation: op.id, container: op.result_container_id, snapshot: op.snapshot_id }, 'branching: removed what an interrupted fork left');
+    }
     for (const s of this.store.allSnapshots()) {
       if (s.status === 'creating') {
         await removeTree(this.host.snapshotDir(s.id)).catch((e) => this.log.error({ err: e }, 'removing partial snapshot'));

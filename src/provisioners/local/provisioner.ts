@@ -122,6 +122,9 @@ export class LocalProvisioner implements Provisioner {
     for (const d of [this.base, this.weaversDir, this.exitDir, join(this.base, 'runc'), join(this.base, 'tmp')]) await fsp.mkdir(d, { recursive: true });
     const info = await detectRuntime(this.opts.runtime ?? 'auto', join(this.base, 'tmp'));
     this.runtime = new ContainerRuntime(info, join(this.base, 'runc'));
+    const thawed = await this.runtime.thawRecorded();
+    if (thawed.thawed.length) this.log.warn({ weavers: thawed.thawed }, 'thawed weavers left frozen by an interrupted snapshot');
+    for (const f of thawed.failed) this.log.error({ weaver: f.id, err: f.error }, 'thawing a weaver left frozen failed');
     this.relay = await ensureAttachRelay();
     this.startExitWatcher();
     this.log.info({ runtime: info.name, version: info.version, relay: this.relay.cmd }, 'local backend ready');
