@@ -33,6 +33,8 @@ export interface WeaverSpec {
   command?: string[];
   resources: WeaverResources;
   lifetimeHours: number;
+  /** Start from this snapshot's state (a fork) instead of the image's; the image still gives the run config. */
+  fromSnapshot?: string;
   createdAt: Date;
   expiresAt: Date;
   tags: Record<string, string>;

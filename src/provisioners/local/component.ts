@@ -23,6 +23,7 @@ export function localBackend(config: Config, log: Logger): BackendHandle {
     network: config.weaver.network,
     defaultCpu: config.weaver.defaultCpu,
     defaultMemory: config.weaver.defaultMemory,
+    testDelayMs: config.branching.testDelayMs,
   });
   return {
     provisioner,

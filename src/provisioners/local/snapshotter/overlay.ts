@@ -341,6 +341,26 @@ export class OverlaySnapshotter implements Snapshotter {
     return this.copyIn('import', name, src, null, labels, opts.signal);
   }
 
+  /**
+   * A committed base layer that refers to a read-only tree another part owns (an unpacked image)
+   * instead of copying it: l/<id>/fs is a symlink to it (overlayfs follows it when mounting, and
+   * mount options still carry only the short relative path). The owner must keep the tree.
+   */
+  async importRef(name: string, target: string, labels: Record<string, string> = {}): Promise<Info> {
+    checkKey(name);
+    return this.mutate(async () => {
+      const existing = this.meta.entries[name];
+      if (existing) return this.info(existing);
+      if (this.reserved(name)) throw bad('LAYER_EXISTS', `layer ${JSON.stringify(name)} already exists`, 409);
+      const id = this.newId();
+      await fsp.mkdir(join(this.layers, id));
+      await fsp.symlink(target, join(this.layers, id, 'fs'));
+      this.meta.entries[name] = { key: name, id, kind: 'committed', parent: null, labels: { ...labels }, createdAt: new Date().toISOString(), usage: { bytes: 0, inodes: 0 }, strategy: 'ref' };
+      await this.save();
+      return this.info(this.meta.entries[name]!);
+    });
+  }
+
   /** A committed base layer holding the merged tree of key's chain (key committed): the way out of a deep chain. */
   async flatten(name: string, key: string, labels: Record<string, string> = {}, opts: { signal?: AbortSignal } = {}): Promise<Info> {
     const e = this.entry(key);
