@@ -28,7 +28,12 @@ export async function branchingComponent(config: Config, log: Logger): Promise<S
       const host = new ContainerHost(config.dataDir, blog, config.weaver.runtime);
       await host.start();
       runner = new OperationRunner(store, blog, { concurrency: CONCURRENCY, timeoutMs: OPERATION_TIMEOUT_MS });
-      svc = new BranchingService({ store, orgs: ctx.orgs, host, runner, log: blog, dataDir: config.dataDir, testDelayMs: config.branching.testDelayMs });
+      svc = new BranchingService({
+        store, orgs: ctx.orgs, host, runner, log: blog, dataDir: config.dataDir, testDelayMs: config.branching.testDelayMs,
+        weavers: () => ctx.weaverBranching,
+      });
+      const s = svc;
+      ctx.snapshotLookup = { snapshotForWeaver: (user, id) => s.snapshotForWeaver(user, id) };
       await svc.reconcile();
       gc = new SnapshotGc(svc, config.branching.gcIntervalSecs, blog);
       gc.start();

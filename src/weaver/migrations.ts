@@ -40,5 +40,15 @@ CREATE TABLE attach_tickets (
 );
 `,
     },
+    {
+      version: 2,
+      name: 'env values (forks inherit them), parent weaver and snapshot of forks',
+      sql: `
+ALTER TABLE weavers ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE weavers ADD COLUMN parent_weaver_id TEXT;
+ALTER TABLE weavers ADD COLUMN snapshot_id TEXT;
+CREATE INDEX weavers_snapshot ON weavers(snapshot_id) WHERE snapshot_id IS NOT NULL;
+`,
+    },
   ],
 };

@@ -41,6 +41,15 @@ export interface WeaverSpec {
 }
 
 /** What a backend knows of one weaver. */
+/** What a snapshot of a weaver's layer produced (local backend). */
+export interface LayerSnapshotResult {
+  bytes: number;
+  inodes: number;
+  strategy: string;
+  /** How long the weaver was frozen (app-consistent), or null. */
+  frozenMs: number | null;
+}
+
 export interface BackendWeaver {
   id: string;
   status: WeaverStatus;
@@ -104,4 +113,8 @@ export interface Provisioner {
   health(): Promise<BackendHealth>;
   /** Stops watchers and timers; leaves weavers running. */
   close(): Promise<void>;
+  /** Layered state (local backend only; absent where a backend cannot branch weavers yet). */
+  snapshot?(id: string, snapshotId: string, opts: { freeze: boolean; signal?: AbortSignal }): Promise<LayerSnapshotResult>;
+  removeSnapshot?(snapshotId: string): Promise<void>;
+  pruneSnapshots?(knownIds: string[]): Promise<string[]>;
 }

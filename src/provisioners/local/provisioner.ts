@@ -18,7 +18,7 @@ import { LoomError, errorMessage } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { WeaverConfig } from '../../server/config/load.js';
 import type {
-  BackendHealth, BackendWeaver, LogOptions, Provisioner, ReconcileReport, StatusListener, TerminalStream, WeaverSpec,
+  BackendHealth, BackendWeaver, LayerSnapshotResult, LogOptions, Provisioner, ReconcileReport, StatusListener, TerminalStream, WeaverSpec,
 } from '../../weaver/provisioner.js';
 import { ensureAttachRelay, openTerminalStream, type RelayCommand } from './attach.js';
 import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage } from './default-image.js';
@@ -67,15 +67,6 @@ interface WeaverMeta {
   slirp?: boolean;
   /** 'layers': the root filesystem is the active layer weaver/<id>. Absent: an earlier release's layout. */
   layout?: 'layers';
-}
-
-/** What a snapshot of a weaver's layer produced. */
-export interface LayerSnapshotResult {
-  bytes: number;
-  inodes: number;
-  strategy: string;
-  /** How long the weaver was frozen (app-consistent), or null. */
-  frozenMs: number | null;
 }
 
 export const weaverLayer = (id: string): string => `weaver/${id}`;
