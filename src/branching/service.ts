@@ -9,6 +9,7 @@ import { LoomError, errorMessage, isLoomError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { newId, nowIso, sha256 } from '../common/ids.js';
 import type { OrgService } from '../server/orgs/orgs.js';
+import { authorize, may, notVisible, type Action, type Resource } from '../server/orgs/access.js';
 import type { User } from '../server/auth/users.js';
 import { ContainerRuntime } from '../provisioners/local/runtime.js';
 import { copyTree, removeTree, type CopyResult } from './copy.js';
@@ -85,6 +86,8 @@ export interface WeaverFork {
   snapshot_id: string;
 }
 
+/** What a member sees in place of another member's env values. */
+export const REDACTED = '<redacted>';
 const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const DEFAULT_WEAVER_CLONE_COMMAND = ['sleep', 'infinity'];
 
@@ -122,34 +125,56 @@ export class BranchingService {
 
   // ------------------------------------------------------------------ visibility
 
-  private member(user: User, orgId: string): boolean {
-    try {
-      this.o.orgs.requireRole(user.id, orgId, 'member');
-      return true;
-    } catch {
-      return false;
-    }
+  private static containerRes(c: Pick<ContainerRow, 'id' | 'org_id' | 'owner_user_id'>): Resource {
+    return { kind: 'container', id: c.id, orgId: c.org_id, ownerUserId: c.owner_user_id };
   }
 
-  private containerRow(user: User, id: string): ContainerRow {
+  private static snapshotRes(s: Pick<SnapshotRow, 'id' | 'org_id' | 'created_by'>): Resource {
+    return { kind: 'snapshot', id: s.id, orgId: s.org_id, ownerUserId: s.created_by };
+  }
+
+  /** The container when the role matrix (server/orgs/access.ts) allows `action` on it. */
+  private containerRow(user: User, id: string, action: Action): ContainerRow {
     const c = this.store.container(id);
-    if (!c || !this.member(user, c.org_id)) throw err(404, 'CONTAINER_NOT_FOUND', `container ${id} not found`);
+    if (!c) throw notVisible({ kind: 'container', id });
+    authorize(this.o.orgs, user, action, BranchingService.containerRes(c));
     return c;
   }
 
-  private snapshotRow(user: User, id: string): SnapshotRow {
+  /** The snapshot when the role matrix allows `action` on it (its owner is the user who took it). */
+  private snapshotRow(user: User, id: string, action: Action): SnapshotRow {
     const s = this.store.snapshot(id);
-    if (!s || !this.member(user, s.org_id)) throw err(404, 'SNAPSHOT_NOT_FOUND', `snapshot ${id} not found`);
+    if (!s) throw notVisible({ kind: 'snapshot', id });
+    authorize(this.o.orgs, user, action, BranchingService.snapshotRes(s));
     return s;
   }
 
-  /** A container, or else a weaver, the user can see (weavers through the weaver component's port). */
-  private source(user: User, id: string): Source {
+  /** A container, or else a weaver (through the weaver component's port), on which the role matrix allows `action`. */
+  private source(user: User, id: string, action: Action): Source {
     const c = this.store.container(id);
-    if (c && this.member(user, c.org_id)) return { kind: 'container', row: c };
+    if (c && may(this.o.orgs, user, 'view', BranchingService.containerRes(c))) {
+      authorize(this.o.orgs, user, action, BranchingService.containerRes(c));
+      return { kind: 'container', row: c };
+    }
     const w = this.o.weavers?.()?.weaver(user, id);
-    if (w) return { kind: 'weaver', row: w };
-    throw err(404, 'CONTAINER_NOT_FOUND', `container ${id} not found`);
+    if (w) {
+      authorize(this.o.orgs, user, action, BranchingService.weaverRes(w));
+      return { kind: 'weaver', row: w };
+    }
+    throw notVisible({ kind: 'container', id });
+  }
+
+  private static weaverRes(w: Pick<WeaverForBranching, 'id' | 'org_id' | 'owner_user_id'>): Resource {
+    return { kind: 'weaver', id: w.id, orgId: w.org_id, ownerUserId: w.owner_user_id };
+  }
+
+  /** The container as this user may see it: env values only for its owner and org admins. */
+  private shown(user: User, c: ContainerRow): Container {
+    const out = toContainer(c);
+    if (!may(this.o.orgs, user, 'env', BranchingService.containerRes(c))) {
+      out.env = Object.fromEntries(Object.keys(out.env).map((k) => [k, REDACTED]));
+    }
+    return out;
   }
 
   private weaverPort(): WeaverBranchingPort {
@@ -180,7 +205,8 @@ export class BranchingService {
 
   async operation(user: User, id: string, waitMs = 0): Promise<Operation> {
     const r = this.store.operation(id);
-    if (!r || !this.member(user, r.org_id)) throw err(404, 'OPERATION_NOT_FOUND', `operation ${id} not found`);
+    if (!r) throw notVisible({ kind: 'operation', id });
+    authorize(this.o.orgs, user, 'view', { kind: 'operation', id, orgId: r.org_id, ownerUserId: r.user_id });
     if (waitMs <= 0) return toOperation(r);
     return (await this.runner.wait(id, waitMs)) ?? toOperation(r);
   }
@@ -266,11 +292,11 @@ export class BranchingService {
 
   async listContainers(user: User): Promise<Container[]> {
     const rows = this.store.containersForOrgs(this.o.orgs.orgIdsOf(user.id));
-    return Promise.all(rows.map(async (r) => toContainer(await this.refresh(r))));
+    return Promise.all(rows.map(async (r) => this.shown(user, await this.refresh(r))));
   }
 
   async getContainer(user: User, id: string): Promise<Container> {
-    return toContainer(await this.refresh(this.containerRow(user, id)));
+    return this.shown(user, await this.refresh(this.containerRow(user, id, 'view')));
   }
 
   private usable(c: ContainerRow): void {
@@ -280,9 +306,13 @@ export class BranchingService {
   }
 
   async kill(user: User, id: string): Promise<Accepted> {
-    const c = await this.refresh(this.containerRow(user, id));
+    const c = await this.refresh(this.containerRow(user, id, 'control'));
     this.usable(c);
     if (c.status !== 'running') throw err(409, 'CONTAINER_NOT_RUNNING', `container ${id} is ${c.status}, not running`);
+    // One kill at a time: the check and the insert below run in one JS turn, so of concurrent
+    // kills exactly one is accepted and the others get 409 naming it.
+    const pending = this.activeOn(c.id, 'container_kill');
+    if (pending) throw err(409, 'KILL_IN_PROGRESS', `container ${id} is already being killed by operation ${pending.id}`);
     const op = newOperationRow({ id: newId(), org_id: c.org_id, user_id: user.id, type: 'container_kill', container_id: c.id });
     this.store.insertOperation(op);
     return this.submit(op, (ctx) =>
@@ -295,8 +325,17 @@ export class BranchingService {
     );
   }
 
+  /** An operation of this type still active on the container, if any. */
+  private activeOn(containerId: string, type: OperationRow['operation_type']): OperationRow | null {
+    return (
+      (this.store.db
+        .prepare("SELECT * FROM branch_operations WHERE container_id = ? AND operation_type = ? AND status IN ('accepted', 'queued', 'running') LIMIT 1")
+        .get(containerId, type) as OperationRow | undefined) ?? null
+    );
+  }
+
   async resume(user: User, id: string): Promise<Accepted> {
-    const c = await this.refresh(this.containerRow(user, id));
+    const c = await this.refresh(this.containerRow(user, id, 'control'));
     this.usable(c);
     if (c.status === 'running') throw err(409, 'CONTAINER_ALREADY_RUNNING', `container ${id} is already running`);
     const op = newOperationRow({ id: newId(), org_id: c.org_id, user_id: user.id, type: 'container_resume', container_id: c.id });
@@ -314,7 +353,7 @@ export class BranchingService {
   }
 
   deleteContainer(user: User, id: string): Accepted {
-    const c = this.containerRow(user, id);
+    const c = this.containerRow(user, id, 'delete');
     if (c.status === 'deleting') {
       const prev = this.store.db
         .prepare("SELECT * FROM branch_operations WHERE container_id = ? AND operation_type = 'container_delete' ORDER BY started_at DESC LIMIT 1")
@@ -338,7 +377,7 @@ export class BranchingService {
   // ------------------------------------------------------------------ snapshots
 
   snapshot(user: User, id: string, req: SnapshotRequest): Accepted {
-    const src = this.source(user, id);
+    const src = this.source(user, id, 'snapshot');
     const hash = sha256(canonical({ op: 'snapshot', id, ...req, idempotency_key: undefined }));
     const replay = this.replay(src.row.org_id, req.idempotency_key, hash);
     if (replay) return replay;
@@ -388,11 +427,9 @@ export class BranchingService {
   private branchableWeaver(user: User, id: string): { port: WeaverBranchingPort; w: WeaverForBranching } {
     const port = this.weaverPort();
     const w = port.weaver(user, id);
-    if (!w) throw err(404, 'WEAVER_NOT_FOUND', `weaver ${id} not found`);
-    // Snapshots freeze and copy the weaver's state: its owner's or an org admin's right.
-    if (w.owner_user_id !== user.id && this.o.orgs.requireRole(user.id, w.org_id, 'member').role === 'member') {
-      throw err(403, 'forbidden', "only the weaver's owner or an org admin may snapshot or fork it");
-    }
+    if (!w) throw notVisible({ kind: 'weaver', id });
+    // Snapshots freeze and copy the weaver's state (the role matrix's 'snapshot' right).
+    authorize(this.o.orgs, user, 'snapshot', BranchingService.weaverRes(w));
     const why = port.unsupported();
     if (why) throw err(409, 'WEAVER_BRANCHING_UNSUPPORTED', why);
     if (w.status !== 'running') throw err(409, 'WEAVER_NOT_RUNNING', `weaver ${id} is ${w.status}; only a running weaver can be snapshotted or forked`);
@@ -474,7 +511,7 @@ export class BranchingService {
 
   /** For POST /api/weaver with from_snapshot: a ready layer snapshot the user can see. */
   snapshotForWeaver(user: User, id: string): SnapshotForWeaver {
-    const s = this.snapshotRow(user, id);
+    const s = this.snapshotRow(user, id, 'clone');
     if (!s.layer) throw err(409, 'SNAPSHOT_NOT_A_LAYER', `snapshot ${id} is a copy of a container's tree; clone it with POST /api/snapshots/${id}/clone (weavers start from snapshots made with POST /api/weaver/:id/snapshot)`);
     if (s.status !== 'ready') throw err(409, 'SNAPSHOT_NOT_READY', `snapshot ${id} is still being created`);
     return this.toSnapshotForWeaver(s);
@@ -482,7 +519,7 @@ export class BranchingService {
 
   /** Weavers made from a snapshot (lineage). */
   weaversFrom(user: User, id: string): Array<Pick<Weaver, 'id' | 'status' | 'created_at'>> {
-    const s = this.snapshotRow(user, id);
+    const s = this.snapshotRow(user, id, 'view');
     return this.o.weavers?.()?.madeFrom(user, s.id) ?? [];
   }
 
@@ -574,7 +611,7 @@ export class BranchingService {
   }
 
   getSnapshot(user: User, id: string): Snapshot {
-    return toSnapshot(this.snapshotRow(user, id));
+    return toSnapshot(this.snapshotRow(user, id, 'view'));
   }
 
   /** Why a snapshot cannot go now (beyond pins), or null. */
@@ -588,7 +625,7 @@ export class BranchingService {
   }
 
   async deleteSnapshot(user: User, id: string): Promise<void> {
-    const s = this.snapshotRow(user, id);
+    const s = this.snapshotRow(user, id, 'delete');
     if (s.pinned) throw err(409, 'SNAPSHOT_PINNED', `snapshot ${id} is pinned; unpin it first`);
     const why = this.inUse(s);
     if (why) throw err(409, 'SNAPSHOT_IN_USE', `snapshot ${id} is in use: ${why}`);
@@ -621,21 +658,21 @@ export class BranchingService {
   }
 
   setPinned(user: User, id: string, pinned: boolean): Snapshot {
-    const s = this.snapshotRow(user, id);
+    const s = this.snapshotRow(user, id, 'pin');
     this.store.updateSnapshot(s.id, { pinned: pinned ? 1 : 0 });
     return toSnapshot({ ...s, pinned: pinned ? 1 : 0 });
   }
 
   /** From the snapshot (depth 0) up through its parents to the root. */
   lineage(user: User, id: string): LineageNode[] {
-    let s: SnapshotRow | null = this.snapshotRow(user, id);
+    let s: SnapshotRow | null = this.snapshotRow(user, id, 'view');
     const out: LineageNode[] = [];
     const seen = new Set<string>();
     while (s && !seen.has(s.id)) {
       seen.add(s.id);
       out.push({ snapshot_id: s.id, parent_snapshot_id: s.parent_snapshot_id, container_id: s.container_id, created_at: s.created_at, depth: out.length });
       const next: SnapshotRow | null = s.parent_snapshot_id ? this.store.snapshot(s.parent_snapshot_id) : null;
-      s = next && this.member(user, next.org_id) ? next : null;
+      s = next && may(this.o.orgs, user, 'view', BranchingService.snapshotRes(next)) ? next : null;
     }
     return out;
   }
@@ -668,7 +705,7 @@ export class BranchingService {
   }
 
   clone(user: User, snapshotId: string, req: CloneRequest): Accepted {
-    const s = this.snapshotRow(user, snapshotId);
+    const s = this.snapshotRow(user, snapshotId, 'clone');
     const hash = sha256(canonical({ op: 'clone', id: snapshotId, ...req, idempotency_key: undefined }));
     const replay = this.replay(s.org_id, req.idempotency_key, hash);
     if (replay) return replay;
@@ -688,7 +725,7 @@ export class BranchingService {
 
   /** Snapshot + clone in one operation. */
   fork(user: User, id: string, req: ForkRequest): Accepted {
-    const src = this.source(user, id);
+    const src = this.source(user, id, 'snapshot');
     const hash = sha256(canonical({ op: 'fork', id, ...req, idempotency_key: undefined }));
     const replay = this.replay(src.row.org_id, req.idempotency_key, hash);
     if (replay) return replay;

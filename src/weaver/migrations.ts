@@ -42,6 +42,12 @@ CREATE TABLE attach_tickets (
     },
     {
       version: 2,
+      name: 'attach tickets remember the token that asked for them',
+      // Tickets live 30 s: older ones (without a token) are simply refused.
+      sql: `ALTER TABLE attach_tickets ADD COLUMN token_id TEXT;`,
+    },
+    {
+      version: 3,
       name: 'env values (forks inherit them), parent weaver and snapshot of forks',
       sql: `
 ALTER TABLE weavers ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
