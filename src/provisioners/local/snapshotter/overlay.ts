@@ -114,17 +114,23 @@ export class OverlaySnapshotter implements Snapshotter {
     return report;
   }
 
-  private async save(): Promise<void> {
+  /**
+   * Replaces metadata.json atomically. `durable` (the default) fsyncs the file and the directory;
+   * an intent is saved without (losing it in a crash loses nothing: open() removes every directory
+   * no entry names, intent or not), which spares two journal commits per snapshot on ext4.
+   */
+  private async save(durable = true): Promise<void> {
     const file = join(this.root, 'metadata.json');
     const tmp = `${file}.tmp`;
     const fh = await fsp.open(tmp, 'w', 0o600);
     try {
       await fh.writeFile(JSON.stringify(this.meta));
-      await fh.sync();
+      if (durable) await fh.sync();
     } finally {
       await fh.close();
     }
     await fsp.rename(tmp, file);
+    if (!durable) return;
     const dh = await fsp.open(this.root, fsc.O_RDONLY | fsc.O_DIRECTORY);
     try {
       await dh.sync();
@@ -296,7 +302,7 @@ export class OverlaySnapshotter implements Snapshotter {
       if (this.reserved(name)) throw bad('LAYER_EXISTS', `layer ${JSON.stringify(name)} already exists`, 409);
       const id = this.newId();
       this.meta.intents[id] = { op, key: name, startedAt: new Date().toISOString() };
-      await this.save();
+      await this.save(false);
       return id;
     });
     const tmp = join(this.layers, `${id}.tmp`);
