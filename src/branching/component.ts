@@ -48,7 +48,10 @@ export async function branchingComponent(config: Config, log: Logger): Promise<S
       svc = new BranchingService({
         store, orgs: ctx.orgs, host, runner, log: blog, dataDir: config.dataDir, testDelayMs: config.branching.testDelayMs,
         importRoots: config.branching.importRoots, archiveMaxBytes: config.branching.archiveMaxBytes, images, quotas: ctx.quotas,
+        weavers: () => ctx.weaverBranching,
       });
+      const s = svc;
+      ctx.snapshotLookup = { snapshotForWeaver: (user, id) => s.snapshotForWeaver(user, id) };
       await svc.reconcile();
       gc = new SnapshotGc(svc, config.branching.gcIntervalSecs, blog);
       gc.start();

@@ -82,6 +82,9 @@ export class ContainerHost {
     try {
       this.info = await detectRuntime(this.runtimePref, this.layout.tmp);
       this.runtime = new ContainerRuntime(this.info, this.layout.runc);
+      const thawed = await this.runtime.thawRecorded();
+      if (thawed.thawed.length) this.log.warn({ containers: thawed.thawed }, 'thawed containers left frozen by an interrupted snapshot');
+      for (const f of thawed.failed) this.log.error({ container: f.id, err: f.error }, 'thawing a container left frozen failed');
     } catch (e) {
       this.runtimeError = errorMessage(e);
       this.log.warn({ err: this.runtimeError }, 'branching: no OCI runtime; containers cannot run (snapshots still work)');

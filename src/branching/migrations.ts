@@ -79,5 +79,14 @@ CREATE INDEX branch_operations_status ON branch_operations(status);
 CREATE UNIQUE INDEX branch_operations_idem ON branch_operations(org_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 `,
     },
+    {
+      version: 2,
+      name: 'weaver snapshots as layers of the local snapshotter',
+      sql: `
+ALTER TABLE branch_snapshots ADD COLUMN layer INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE branch_snapshots ADD COLUMN image TEXT;
+ALTER TABLE branch_snapshots ADD COLUMN resources TEXT;
+`,
+    },
   ],
 };

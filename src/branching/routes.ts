@@ -5,7 +5,10 @@ import { principal } from '../server/http/auth.js';
 import { noBody } from '../server/http/body.js';
 import { LoomError } from '../common/errors.js';
 import type { Readable } from 'node:stream';
-import type { ArchiveRequest, BranchingService, CloneRequest, CreateContainerRequest, ForkRequest, SnapshotRequest } from './service.js';
+import { Value } from '@sinclair/typebox/value';
+import type { TSchema, Static } from '@sinclair/typebox';
+import type { ArchiveRequest, BranchingService, CloneRequest, CreateContainerRequest, ForkRequest, SnapshotRequest, WeaverSnapshotRequest } from './service.js';
+import type { ForkOverrides } from '../weaver/branching-port.js';
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, Strict);
 const StrMap = (maxProps: number) => Type.Record(Type.String({ minLength: 1, maxLength: 256 }), Type.String({ maxLength: 32768 }), { maxProperties: maxProps });
@@ -80,9 +83,28 @@ function jsonParam<T>(raw: string | undefined, field: string, check: (v: unknown
 const isArgv = (v: unknown): v is string[] => Array.isArray(v) && v.length > 0 && v.length <= 1024 && v.every((a) => typeof a === 'string' && a.length <= 32768);
 const isStrMap = (v: unknown): v is Record<string, string> =>
   !!v && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length <= 256 && Object.values(v).every((x) => typeof x === 'string' && x.length <= 32768);
+export const WeaverSnapshotBody = Type.Object(
+  { consistency_mode: Type.Optional(Consistency), ttl_seconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 10 * 365 * 86400 })), labels: Type.Optional(StrMap(64)) },
+  Strict,
+);
+
+export const WeaverForkBody = Type.Object(
+  { lifetime_hours: Type.Optional(Type.Number({ exclusiveMinimum: 0 })), tags: Type.Optional(StrMap(64)), env: Type.Optional(StrMap(256)) },
+  Strict,
+);
 
 const WaitQuery = Type.Object({ wait: Type.Optional(Type.String({ pattern: '^[0-9]{1,3}(\\.[0-9]{1,3})?$' })) }, Strict);
 const SnapshotListQuery = Type.Object({ container_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })) }, Strict);
+
+/** A body checked against schema, or {} when none was sent. */
+function optionalBody<T extends TSchema>(schema: T, body: unknown): Static<T> {
+  if (body === undefined || body === null) return {} as Static<T>;
+  if (!Value.Check(schema, body)) {
+    const first = Value.Errors(schema, body).First();
+    throw new LoomError(400, 'invalid_request', `body${first?.path ?? ''} ${first?.message ?? 'is invalid'}`);
+  }
+  return body as Static<T>;
+}
 
 /** Longest long-poll on GET /api/operations/:id?wait=SECONDS. */
 const MAX_WAIT_SECONDS = 60;
@@ -129,12 +151,12 @@ export async function registerBranchingApi(api: FastifyInstance, svc: BranchingS
   });
   api.get('/api/snapshots/:id', { schema: { params: IdParams } }, async (req) => svc.getSnapshot(principal(req).user, id(req)));
   api.delete('/api/snapshots/:id', { schema: { params: IdParams } }, async (req, reply) => {
-    svc.deleteSnapshot(principal(req).user, id(req));
+    await svc.deleteSnapshot(principal(req).user, id(req));
     return reply.status(204).send();
   });
   api.get('/api/snapshots/:id/lineage', { schema: { params: IdParams } }, async (req) => {
     const lineage = svc.lineage(principal(req).user, id(req));
-    return { snapshot_id: id(req), lineage, count: lineage.length };
+    return { snapshot_id: id(req), lineage, count: lineage.length, weavers: svc.weaversFrom(principal(req).user, id(req)) };
   });
   api.post('/api/snapshots/:id/pin', { schema: { params: IdParams } }, async (req) => noBody(req.body) && svc.setPinned(principal(req).user, id(req), true));
   api.post('/api/snapshots/:id/unpin', { schema: { params: IdParams } }, async (req) => noBody(req.body) && svc.setPinned(principal(req).user, id(req), false));
@@ -142,6 +164,14 @@ export async function registerBranchingApi(api: FastifyInstance, svc: BranchingS
     reply.status(202).send(svc.clone(principal(req).user, id(req), req.body as CloneRequest)),
   );
 
+  // Every field is optional, so no body at all is fine too.
+  api.post('/api/weaver/:id/snapshot', { schema: { params: IdParams } }, async (req, reply) =>
+    reply.status(202).send(svc.snapshotWeaver(principal(req).user, id(req), optionalBody(WeaverSnapshotBody, req.body) as WeaverSnapshotRequest)),
+  );
+  api.post('/api/weaver/:id/fork', { schema: { params: IdParams } }, async (req, reply) => {
+    const f = await svc.forkWeaver(principal(req).user, id(req), optionalBody(WeaverForkBody, req.body) as ForkOverrides);
+    return reply.status(202).send({ ...f.weaver, snapshot_id: f.snapshot_id });
+  });
   api.get('/api/operations/:id', { schema: { params: IdParams, querystring: WaitQuery } }, async (req) => {
     const w = (req.query as { wait?: string }).wait;
     const waitMs = w ? Math.min(MAX_WAIT_SECONDS, Number(w)) * 1000 : 0;

@@ -6,7 +6,7 @@
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { LoomError, errorMessage } from '../common/errors.js';
+import { LoomError, errorMessage, isLoomError } from '../common/errors.js';
 import type { Quotas } from '../weaver/quotas.js';
 import { requireSameDirectory, resolveImportPath, unpackArchive, type ImportedPath } from './registration.js';
 import type { Logger } from '../common/log.js';
@@ -19,6 +19,8 @@ import { copyTree, removeTree, type CopyResult } from './copy.js';
 import type { ContainerHost } from './containers.js';
 import { KeyedMutex } from '../common/keyed-mutex.js';
 import { newOperationRow, type OpContext, type OperationRunner } from './operations.js';
+import type { ForkOverrides, SnapshotForWeaver, WeaverBranchingPort, WeaverForBranching } from '../weaver/branching-port.js';
+import type { Weaver } from '../weaver/store.js';
 import {
   toContainer, toOperation, toSnapshot, type BranchingStore, type ConsistencyMode, type Container, type ContainerRow, type Operation,
   type OperationRow, type Snapshot, type SnapshotRow,
@@ -83,6 +85,8 @@ export interface ServiceOptions {
   images: ImageSource | null;
   /** Limits, quotas and the free-space floor shared with weavers. */
   quotas: Quotas;
+  /** The weaver component's port, when weavers are enabled. */
+  weavers?: () => WeaverBranchingPort | undefined;
 }
 
 /** An image name → its unpacked root filesystem (null when the store has no such image). */
@@ -97,6 +101,17 @@ export interface ArchiveRequest {
   env?: Record<string, string>;
   start_immediately?: boolean;
   org_id?: string;
+}
+
+export interface WeaverSnapshotRequest {
+  consistency_mode?: ConsistencyMode;
+  ttl_seconds?: number;
+  labels?: Record<string, string>;
+}
+
+export interface WeaverFork {
+  weaver: Weaver;
+  snapshot_id: string;
 }
 
 /** What a member sees in place of another member's env values. */
@@ -119,17 +134,8 @@ function canonical(v: unknown): string {
   return JSON.stringify(v);
 }
 
-interface WeaverRow {
-  id: string;
-  org_id: string;
-  owner_user_id: string;
-  backend: string;
-  status: string;
-  command: string | null;
-}
-
 /** What a snapshot is taken of: a branching container or a weaver of the local backend. */
-type Source = { kind: 'container'; row: ContainerRow } | { kind: 'weaver'; row: WeaverRow };
+type Source = { kind: 'container'; row: ContainerRow } | { kind: 'weaver'; row: WeaverForBranching };
 
 export class BranchingService {
   private readonly store: BranchingStore;
@@ -171,29 +177,23 @@ export class BranchingService {
     return s;
   }
 
-  private weaverRow(id: string): WeaverRow | null {
-    const db = this.store.db;
-    const t = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'weavers'").get();
-    if (!t) return null;
-    return (db.prepare('SELECT id, org_id, owner_user_id, backend, status, command FROM weavers WHERE id = ?').get(id) as WeaverRow | undefined) ?? null;
-  }
-
-  /** A container, or else a local weaver, on which the role matrix allows `action`. */
+  /** A container, or else a weaver (through the weaver component's port), on which the role matrix allows `action`. */
   private source(user: User, id: string, action: Action): Source {
     const c = this.store.container(id);
     if (c && may(this.o.orgs, user, 'view', BranchingService.containerRes(c))) {
       authorize(this.o.orgs, user, action, BranchingService.containerRes(c));
       return { kind: 'container', row: c };
     }
-    const w = this.weaverRow(id);
+    const w = this.o.weavers?.()?.weaver(user, id);
     if (w) {
-      const res: Resource = { kind: 'weaver', id: w.id, orgId: w.org_id, ownerUserId: w.owner_user_id };
-      if (may(this.o.orgs, user, 'view', res)) {
-        authorize(this.o.orgs, user, action, res);
-        return { kind: 'weaver', row: w };
-      }
+      authorize(this.o.orgs, user, action, BranchingService.weaverRes(w));
+      return { kind: 'weaver', row: w };
     }
     throw notVisible({ kind: 'container', id });
+  }
+
+  private static weaverRes(w: Pick<WeaverForBranching, 'id' | 'org_id' | 'owner_user_id'>): Resource {
+    return { kind: 'weaver', id: w.id, orgId: w.org_id, ownerUserId: w.owner_user_id };
   }
 
   /** The container as this user may see it: env values only for its owner and org admins. */
@@ -203,6 +203,12 @@ export class BranchingService {
       out.env = Object.fromEntries(Object.keys(out.env).map((k) => [k, REDACTED]));
     }
     return out;
+  }
+
+  private weaverPort(): WeaverBranchingPort {
+    const p = this.o.weavers?.();
+    if (!p) throw err(404, 'WEAVER_NOT_FOUND', 'weavers are not enabled on this server');
+    return p;
   }
 
   // ------------------------------------------------------------------ operations plumbing
@@ -487,15 +493,117 @@ export class BranchingService {
       const w = src.row;
       if (w.backend !== 'local') throw err(409, 'WEAVER_NOT_LOCAL', `weaver ${w.id} runs on the ${w.backend} backend; only local weavers can be snapshotted`);
       if (w.status !== 'running') throw err(409, 'CONTAINER_NOT_RUNNING', `weaver ${w.id} is ${w.status}; its root filesystem is only mounted while it runs`);
-      command = w.command ?? JSON.stringify(DEFAULT_WEAVER_CLONE_COMMAND);
+      command = JSON.stringify(w.command ?? DEFAULT_WEAVER_CLONE_COMMAND);
     }
     const now = new Date();
     return {
       id: newId(), org_id: src.row.org_id, created_by: user.id, source_kind: src.kind, container_id: src.row.id, parent_snapshot_id: parent,
       status: 'creating', consistency_mode: mode, labels: JSON.stringify(labels), pinned: 0, ttl_seconds: ttl ?? null,
       expires_at: ttl ? new Date(now.getTime() + ttl * 1000).toISOString() : null, frozen_ms: null, strategy: null, files: null, bytes: null,
-      command, env, created_at: now.toISOString(), completed_at: null,
+      command, env, created_at: now.toISOString(), completed_at: null, layer: 0, image: null, resources: null,
     };
+  }
+
+  // ------------------------------------------------------------------ weaver snapshots and forks (layers)
+
+  /** The weaver for a layer snapshot or fork: visible (404), branchable backend (409), running (409). */
+  private branchableWeaver(user: User, id: string): { port: WeaverBranchingPort; w: WeaverForBranching } {
+    const port = this.weaverPort();
+    const w = port.weaver(user, id);
+    if (!w) throw notVisible({ kind: 'weaver', id });
+    // Snapshots freeze and copy the weaver's state (the role matrix's 'snapshot' right).
+    authorize(this.o.orgs, user, 'snapshot', BranchingService.weaverRes(w));
+    const why = port.unsupported();
+    if (why) throw err(409, 'WEAVER_BRANCHING_UNSUPPORTED', why);
+    if (w.status !== 'running') throw err(409, 'WEAVER_NOT_RUNNING', `weaver ${id} is ${w.status}; only a running weaver can be snapshotted or forked`);
+    return { port, w };
+  }
+
+  private layerSnapshotRow(user: User, w: WeaverForBranching, mode: ConsistencyMode, ttl: number | undefined, labels: Record<string, string>): SnapshotRow {
+    const now = new Date();
+    return {
+      id: newId(), org_id: w.org_id, created_by: user.id, source_kind: 'weaver', container_id: w.id, parent_snapshot_id: null,
+      status: 'creating', consistency_mode: mode, labels: JSON.stringify(labels), pinned: 0, ttl_seconds: ttl ?? null,
+      expires_at: ttl ? new Date(now.getTime() + ttl * 1000).toISOString() : null, frozen_ms: null, strategy: null, files: null, bytes: null,
+      command: JSON.stringify(w.command ?? null), env: JSON.stringify(w.env), created_at: now.toISOString(), completed_at: null,
+      layer: 1, image: w.image, resources: JSON.stringify(w.resources),
+    };
+  }
+
+  /** Commits the weaver's layer into the snapshot's; on failure the row goes (the snapshotter drops its partial copy). */
+  private async takeLayerSnapshot(port: WeaverBranchingPort, snap: SnapshotRow, signal?: AbortSignal): Promise<SnapshotRow> {
+    try {
+      const r = await port.snapshot(snap.container_id, snap.id, { freeze: snap.consistency_mode === 'app-consistent', ...(signal ? { signal } : {}) });
+      const patch = { status: 'ready' as const, strategy: r.strategy, files: r.inodes, bytes: r.bytes, frozen_ms: r.frozenMs, completed_at: nowIso() };
+      this.store.updateSnapshot(snap.id, patch);
+      return { ...snap, ...patch };
+    } catch (e) {
+      this.store.deleteSnapshot(snap.id);
+      await port.removeSnapshot(snap.id).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** POST /api/weaver/:id/snapshot: what the weaver changed, as a layer over its image (202 operation). */
+  snapshotWeaver(user: User, id: string, req: WeaverSnapshotRequest): Accepted {
+    const { port, w } = this.branchableWeaver(user, id);
+    const mode = req.consistency_mode ?? 'crash-consistent';
+    const snap = this.layerSnapshotRow(user, w, mode, req.ttl_seconds, validateLabels(req.labels));
+    const op = newOperationRow({ id: newId(), org_id: w.org_id, user_id: user.id, type: 'snapshot', container_id: w.id, snapshot_id: snap.id, params: { consistency_mode: mode, weaver: true } });
+    this.store.db.transaction(() => {
+      this.store.insertSnapshot(snap);
+      this.store.insertOperation(op);
+    })();
+    return this.submit(op, async (ctx) => {
+      if (mode === 'app-consistent') ctx.downgrade(this.host.memoryDowngrade);
+      const done = await this.lock.run(w.id, () => this.takeLayerSnapshot(port, snap, ctx.signal));
+      if (done.frozen_ms !== null) ctx.warn(`app-consistent: processes were frozen for ${done.frozen_ms} ms`);
+      ctx.progress(100);
+    });
+  }
+
+  /**
+   * POST /api/weaver/:id/fork: a crash-consistent snapshot of the weaver's layer, then a new
+   * weaver on it (202 with the new weaver, pending). The capacity is checked before anything is
+   * made; a fork refused afterwards leaves no snapshot.
+   */
+  async forkWeaver(user: User, id: string, req: ForkOverrides): Promise<WeaverFork> {
+    const { port, w } = this.branchableWeaver(user, id);
+    port.checkFork(req);
+    const snap = this.layerSnapshotRow(user, w, 'crash-consistent', undefined, { 'loom.fork': 'true' });
+    this.store.insertSnapshot(snap);
+    const done = await this.lock.run(w.id, () => this.takeLayerSnapshot(port, snap));
+    try {
+      const weaver = await port.createFromSnapshot(user, this.toSnapshotForWeaver(done), req);
+      return { weaver, snapshot_id: done.id };
+    } catch (e) {
+      this.store.deleteSnapshot(done.id);
+      await port.removeSnapshot(done.id).catch((re) => this.log.error({ err: re, snapshot: done.id }, 'removing the snapshot of a refused fork'));
+      throw e;
+    }
+  }
+
+  private toSnapshotForWeaver(s: SnapshotRow): SnapshotForWeaver {
+    const command = JSON.parse(s.command) as string[] | null;
+    return {
+      id: s.id, org_id: s.org_id, image: s.image ?? '', env: JSON.parse(s.env) as Record<string, string>,
+      resources: JSON.parse(s.resources ?? '{"cpu":"","memory":""}') as { cpu: string; memory: string }, parent_weaver_id: s.container_id,
+      ...(command ? { command } : {}),
+    };
+  }
+
+  /** For POST /api/weaver with from_snapshot: a ready layer snapshot the user can see. */
+  snapshotForWeaver(user: User, id: string): SnapshotForWeaver {
+    const s = this.snapshotRow(user, id, 'clone');
+    if (!s.layer) throw err(409, 'SNAPSHOT_NOT_A_LAYER', `snapshot ${id} is a copy of a container's tree; clone it with POST /api/snapshots/${id}/clone (weavers start from snapshots made with POST /api/weaver/:id/snapshot)`);
+    if (s.status !== 'ready') throw err(409, 'SNAPSHOT_NOT_READY', `snapshot ${id} is still being created`);
+    return this.toSnapshotForWeaver(s);
+  }
+
+  /** Weavers made from a snapshot (lineage). */
+  weaversFrom(user: User, id: string): Array<Pick<Weaver, 'id' | 'status' | 'created_at'>> {
+    const s = this.snapshotRow(user, id, 'view');
+    return this.o.weavers?.()?.madeFrom(user, s.id) ?? [];
   }
 
   private weaverPaths(id: string) {
@@ -549,12 +657,13 @@ export class BranchingService {
       if (rt) {
         const target = src.row.id;
         const t0 = performance.now();
-        await rt.pause(target);
+        await rt.freeze(target, `app-consistent snapshot ${snap.id}`);
         try {
           result = await copy();
+          if (this.o.testDelayMs) await ctx.sleep(this.o.testDelayMs);
         } finally {
           try {
-            await rt.resume(target);
+            await rt.thaw(target);
           } catch (e) {
             this.log.error({ err: e, container: target }, 'thaw after app-consistent snapshot failed');
             ctx.warn(`thawing ${target} failed: ${errorMessage(e)}`);
@@ -565,9 +674,9 @@ export class BranchingService {
       } else {
         if (snap.consistency_mode === 'app-consistent') ctx.warn('app-consistent: the container was not running; nothing to freeze');
         result = await copy();
+        if (this.o.testDelayMs) await ctx.sleep(this.o.testDelayMs);
         if (snap.consistency_mode === 'app-consistent') frozenMs = 0;
       }
-      if (this.o.testDelayMs) await ctx.sleep(this.o.testDelayMs);
       const patch = { status: 'ready' as const, strategy: result.strategy, files: result.files, bytes: result.bytes, frozen_ms: frozenMs, completed_at: nowIso() };
       this.store.updateSnapshot(snap.id, patch);
       if (src.kind === 'container' && result.strategy !== 'subvolume') this.store.updateContainer(src.row.id, { rootfs_bytes: result.bytes });
@@ -598,12 +707,31 @@ export class BranchingService {
     return null;
   }
 
-  deleteSnapshot(user: User, id: string): void {
+  async deleteSnapshot(user: User, id: string): Promise<void> {
     const s = this.snapshotRow(user, id, 'delete');
     if (s.pinned) throw err(409, 'SNAPSHOT_PINNED', `snapshot ${id} is pinned; unpin it first`);
     const why = this.inUse(s);
     if (why) throw err(409, 'SNAPSHOT_IN_USE', `snapshot ${id} is in use: ${why}`);
+    if (s.layer) return this.removeLayerSnapshot(s);
     this.removeSnapshot(s);
+  }
+
+  /**
+   * A layer snapshot goes with its layer; while weavers run on it the snapshotter refuses and so
+   * do we (409 SNAPSHOT_IN_USE, naming them): delete those weavers first.
+   */
+  private async removeLayerSnapshot(s: SnapshotRow): Promise<void> {
+    const port = this.o.weavers?.();
+    if (!port) throw err(409, 'SNAPSHOT_IN_USE', `snapshot ${s.id} is a weaver layer and weavers are not enabled on this server`);
+    try {
+      await port.removeSnapshot(s.id);
+    } catch (e) {
+      if (isLoomError(e) && e.code === 'SNAPSHOT_IN_USE') {
+        throw err(409, 'SNAPSHOT_IN_USE', `snapshot ${s.id} is in use: weavers run on it (delete them first)`);
+      }
+      throw e;
+    }
+    this.store.deleteSnapshot(s.id);
   }
 
   /** Forgets the snapshot at once and removes its tree in the background (reconcile removes leftovers). */
@@ -665,6 +793,7 @@ export class BranchingService {
     const replay = this.replay(s.org_id, req.idempotency_key, hash);
     if (replay) return replay;
     if (s.status !== 'ready') throw err(409, 'SNAPSHOT_NOT_READY', `snapshot ${snapshotId} is still being created`);
+    if (s.layer) throw err(409, 'SNAPSHOT_IS_A_LAYER', `snapshot ${snapshotId} is a weaver layer; start a weaver from it with POST /api/weaver {"from_snapshot":"${snapshotId}"}`);
     this.admitOne(user.id, s.org_id, req.resume_policy === 'immediate');
     const c = this.newCloneRow(user, s.org_id, s, req.name ?? `clone-${s.id.slice(0, 8)}`, req.command);
     const op = newOperationRow({
@@ -724,11 +853,35 @@ export class BranchingService {
       });
     }
     if (interrupted.length) this.log.warn({ operations: interrupted.map((o) => o.id) }, 'branching: interrupted operations marked failed');
-    for (const s of this.store.allSnapshots()) {
-      if (s.status === 'creating') {
-        await removeTree(this.host.snapshotDir(s.id)).catch((e) => this.log.error({ err: e }, 'removing partial snapshot'));
+    // An interrupted fork leaves nothing behind: not its would-be container (whatever state it
+    // reached), nor the intermediate snapshot it was being cloned from.
+    for (const op of interrupted.filter((o) => o.operation_type === 'fork')) {
+      if (op.result_container_id && this.store.container(op.result_container_id)) {
+        await this.host.removeRuntime(op.result_container_id).catch(() => undefined);
+        await this.host.removeFiles(op.result_container_id).catch((e) => this.log.error({ err: e }, 'removing an interrupted fork'));
+        this.store.deleteContainer(op.result_container_id);
+      }
+      const s = op.snapshot_id ? this.store.snapshot(op.snapshot_id) : null;
+      if (s && this.store.containersFromSnapshot(s.id).length === 0 && !s.pinned) {
+        await removeTree(this.host.snapshotDir(s.id)).catch((e) => this.log.error({ err: e }, 'removing the snapshot of an interrupted fork'));
         this.store.deleteSnapshot(s.id);
       }
+      this.log.warn({ operation: op.id, container: op.result_container_id, snapshot: op.snapshot_id }, 'branching: removed what an interrupted fork left');
+    }
+    const port = this.o.weavers?.();
+    for (const s of this.store.allSnapshots()) {
+      if (s.status === 'creating') {
+        if (s.layer) await port?.removeSnapshot(s.id).catch((e) => this.log.error({ err: e }, 'removing a partial layer snapshot'));
+        else await removeTree(this.host.snapshotDir(s.id)).catch((e) => this.log.error({ err: e }, 'removing partial snapshot'));
+        this.store.deleteSnapshot(s.id);
+      }
+    }
+    if (port) {
+      const pruned = await port.pruneSnapshots(this.store.allSnapshots().filter((s) => s.layer).map((s) => s.id)).catch((e) => {
+        this.log.error({ err: e }, 'pruning snapshot layers without a record');
+        return [] as string[];
+      });
+      if (pruned.length) this.log.warn({ snapshots: pruned }, 'branching: removed snapshot layers without a record');
     }
     const known = new Set(this.store.allSnapshots().map((s) => s.id));
     for (const d of await fsp.readdir(this.host.layout.snapshots).catch(() => [] as string[])) {
@@ -767,6 +920,11 @@ export class BranchingService {
     const gone: string[] = [];
     for (const s of this.store.expiredSnapshots(now.toISOString())) {
       if (this.inUse(s)) continue;
+      if (s.layer) {
+        // kept while weavers run on it; collected on a later pass once they are gone
+        void this.removeLayerSnapshot(s).then(() => this.log.info({ snapshot: s.id }, 'branching: expired layer snapshot collected'), () => undefined);
+        continue;
+      }
       this.removeSnapshot(s);
       gone.push(s.id);
     }

@@ -48,6 +48,8 @@ export interface Snapshot {
   strategy?: string;
   files?: number;
   bytes?: number;
+  /** 'layer': what the weaver changed, stacked on its image (fork it with POST /api/weaver from_snapshot); 'tree': a whole copy. */
+  storage: 'layer' | 'tree';
   created_at: string;
   completed_at?: string;
 }
@@ -110,6 +112,11 @@ export interface SnapshotRow {
   env: string;
   created_at: string;
   completed_at: string | null;
+  /** 1: a layer of the local backend's snapshotter (a weaver snapshot; forks stack on it). 0: a tree under snapshots/. */
+  layer: number;
+  /** Layer snapshots: what a weaver made from it inherits. */
+  image: string | null;
+  resources: string | null;
 }
 
 export interface OperationRow {
@@ -175,6 +182,7 @@ export function toSnapshot(r: SnapshotRow): Snapshot {
     ...opt('strategy', r.strategy),
     ...opt('files', r.files),
     ...opt('bytes', r.bytes),
+    storage: r.layer ? 'layer' : 'tree',
     created_at: r.created_at,
     ...opt('completed_at', r.completed_at),
   };

@@ -12,7 +12,7 @@ import { client, globals } from './context.js';
 import { Progress, interactive, printJson, printTable, progressBar } from './output.js';
 
 /** The operation object of the API (src/branching/store.ts) with its status URL. */
-type OperationView = Operation & { status_url?: string };
+export type OperationView = Operation & { status_url?: string };
 
 interface ContainerView {
   id: string;
@@ -44,6 +44,8 @@ interface SnapshotView {
 interface LineageView {
   snapshot_id: string;
   lineage: { snapshot_id: string; parent_snapshot_id: string | null; container_id: string; created_at: string; depth: number }[];
+  /** Weavers started from the snapshot (weaver snapshots). */
+  weavers?: { id: string; status: string; created_at: string }[];
 }
 
 const FINAL = new Set(['succeeded', 'failed', 'cancelled', 'timed_out']);
@@ -115,6 +117,10 @@ function describe(op: OperationView): string {
 }
 
 /** Prints an accepted or finished operation; with wait, follows it and fails unless it succeeded. */
+export async function reportOperation(api: ApiClient, cmd: Command, accepted: OperationView, wait: boolean): Promise<void> {
+  return report(api, cmd, accepted, wait);
+}
+
 async function report(api: ApiClient, cmd: Command, accepted: OperationView, wait: boolean): Promise<void> {
   const g = globals(cmd);
   const op = wait ? await waitOperation(api, accepted.operation_id, g.json) : accepted;
@@ -212,6 +218,10 @@ export function registerBranchingCommands(program: Command): void {
       const l = await api.get<LineageView>(`/api/snapshots/${enc(await resolveSnapshot(api, ref))}/lineage`);
       if (globals(cmd).json) return printJson(l);
       printTable(['DEPTH', 'SNAPSHOT', 'PARENT', 'CONTAINER', 'CREATED'], l.lineage.map((n) => [String(n.depth), n.snapshot_id, n.parent_snapshot_id ?? '-', n.container_id, n.created_at]));
+      if (l.weavers?.length) {
+        process.stdout.write('\nweavers made from it:\n');
+        printTable(['WEAVER', 'STATUS', 'CREATED'], l.weavers.map((w) => [w.id, w.status, w.created_at]));
+      }
     });
 
   for (const [name, pinned] of [['pin', true], ['unpin', false]] as const) {

@@ -4,6 +4,7 @@ import { client, globals } from './context.js';
 import { Progress, formatDuration, interactive, printJson, printTable } from './output.js';
 import { resolveOrg } from './org.js';
 import { attachTerminal, DETACH_KEYS } from './attach.js';
+import { reportOperation, type OperationView } from './branching.js';
 
 export interface WeaverView {
   id: string;
@@ -18,6 +19,8 @@ export interface WeaverView {
   expires_at: string;
   lifetime_hours: number;
   tags: Record<string, string>;
+  parent_weaver_id?: string;
+  snapshot_id?: string;
 }
 
 const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -61,6 +64,38 @@ async function attachAndExit(api: ApiClient, id: string): Promise<void> {
   }
 }
 
+function parseTtl(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const ttl = Number(v);
+  if (!/^\d+(\.\d+)?$/.test(v) || !(ttl > 0)) throw new CliError(`--ttl must be a positive number of hours (got ${v})`);
+  return ttl;
+}
+
+/** Waits (a spinner on a terminal) until the new weaver runs; then prints it, its id, or attaches. */
+async function waitAndAttach(api: ApiClient, first: WeaverView, started: number, json: boolean, detach: boolean): Promise<void> {
+  let w = first;
+  const progress = new Progress(interactive(json));
+  const spin = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+  let i = 0;
+  while (w.status === 'pending') {
+    progress.update(`${spin[i++ % spin.length]} Starting weaver ${w.id.slice(0, 8)} (${w.image})… ${((Date.now() - started) / 1000).toFixed(1)}s`);
+    await sleep(50);
+    w = await api.get<WeaverView>(`/api/weaver/${w.id}`);
+  }
+  if (w.status !== 'running') {
+    progress.done();
+    if (json) printJson(w);
+    throw new CliError(`weaver ${w.id} ${w.status}${w.reason ? `: ${w.reason}` : ''}`);
+  }
+  progress.done(`✓ Weaver ${w.id} running (${((Date.now() - started) / 1000).toFixed(1)}s)`);
+  if (json) return printJson(w);
+  if (detach) {
+    process.stdout.write(`${w.id}\n`);
+    return;
+  }
+  await attachAndExit(api, w.id);
+}
+
 export function registerWeaverCommands(program: Command): void {
   program
     .command('new')
@@ -74,18 +109,17 @@ export function registerWeaverCommands(program: Command): void {
     .option('--cpu <quantity>', 'CPU limit, e.g. 500m or 2')
     .option('--memory <quantity>', 'memory limit, e.g. 512Mi or 2Gi')
     .option('--tag <KEY=VALUE>', 'tag (repeatable)', collect, [])
+    .option('--from-snapshot <snapshot>', 'start from a weaver snapshot (its image, env, command and files) instead of an image')
     .option('-d, --detach', 'do not attach; print the id')
     .option('--json', 'output the weaver as JSON (implies --detach)')
     .argument('[command...]', 'argv to run instead of the image\'s default (after --)')
-    .action(async (command: string[], opts: { image?: string; org?: string; repo?: string; branch?: string; env: string[]; ttl?: string; cpu?: string; memory?: string; tag: string[]; detach?: boolean }, cmd: Command) => {
+    .action(async (command: string[], opts: { image?: string; org?: string; repo?: string; branch?: string; env: string[]; ttl?: string; cpu?: string; memory?: string; tag: string[]; detach?: boolean; fromSnapshot?: string }, cmd: Command) => {
       const g = globals(cmd);
+      if (opts.fromSnapshot && opts.image) throw new CliError('give either --image or --from-snapshot, not both');
+      if (opts.fromSnapshot && opts.repo) throw new CliError('give either --repo or --from-snapshot, not both');
       if (opts.branch && !opts.repo) throw new CliError('--branch needs --repo');
       if (opts.repo && !/^https:\/\//i.test(opts.repo)) throw new CliError(`--repo must be an https URL (got ${opts.repo})`);
-      let ttl: number | undefined;
-      if (opts.ttl !== undefined) {
-        ttl = Number(opts.ttl);
-        if (!/^\d+(\.\d+)?$/.test(opts.ttl) || !(ttl > 0)) throw new CliError(`--ttl must be a positive number of hours (got ${opts.ttl})`);
-      }
+      const ttl = parseTtl(opts.ttl);
       const env = parseKeyValues(opts.env, 'env', ENV_KEY_RE);
       const tags = parseKeyValues(opts.tag, 'tag', /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/);
       const api = client(cmd);
@@ -101,29 +135,11 @@ export function registerWeaverCommands(program: Command): void {
         ...(command.length ? { command } : {}),
         ...(opts.cpu || opts.memory ? { resources: { ...(opts.cpu ? { cpu: opts.cpu } : {}), ...(opts.memory ? { memory: opts.memory } : {}) } } : {}),
         ...(Object.keys(tags).length ? { tags } : {}),
+        ...(opts.fromSnapshot ? { from_snapshot: opts.fromSnapshot } : {}),
       };
       const started = Date.now();
-      let w = await api.post<WeaverView>('/api/weaver', body);
-      const progress = new Progress(interactive(g.json));
-      const spin = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
-      let i = 0;
-      while (w.status === 'pending') {
-        progress.update(`${spin[i++ % spin.length]} Starting weaver ${w.id.slice(0, 8)} (${w.image})… ${((Date.now() - started) / 1000).toFixed(1)}s`);
-        await sleep(150);
-        w = await api.get<WeaverView>(`/api/weaver/${w.id}`);
-      }
-      if (w.status !== 'running') {
-        progress.done();
-        if (g.json) printJson(w);
-        throw new CliError(`weaver ${w.id} ${w.status}${w.reason ? `: ${w.reason}` : ''}`);
-      }
-      progress.done(`✓ Weaver ${w.id} running (${((Date.now() - started) / 1000).toFixed(1)}s)`);
-      if (g.json) return printJson(w);
-      if (opts.detach) {
-        process.stdout.write(`${w.id}\n`);
-        return;
-      }
-      await attachAndExit(api, w.id);
+      const w = await api.post<WeaverView>('/api/weaver', body);
+      await waitAndAttach(api, w, started, g.json, !!opts.detach);
     });
 
   program
@@ -137,6 +153,52 @@ export function registerWeaverCommands(program: Command): void {
   const weaver = program.command('weaver').description('manage weavers');
 
   weaver
+    .command('snapshot <id>')
+    .description("snapshot what a running weaver changed (a layer over its image); the weaver keeps running")
+    .option('--app-consistent', 'freeze the weaver\'s processes while its layer is copied')
+    .option('--ttl-seconds <n>', 'collect the snapshot after this many seconds (unless pinned or in use)')
+    .option('--label <KEY=VALUE>', 'label (repeatable)', collect, [])
+    .option('--no-wait', 'print the operation and return without waiting')
+    .option('--json', 'output JSON')
+    .action(async (ref: string, opts: { appConsistent?: boolean; ttlSeconds?: string; label: string[]; wait: boolean }, cmd: Command) => {
+      const api = client(cmd);
+      const id = await resolveWeaverId(api, ref);
+      if (opts.ttlSeconds !== undefined && !/^[1-9]\d{0,9}$/.test(opts.ttlSeconds)) throw new CliError(`--ttl-seconds must be a positive whole number (got ${opts.ttlSeconds})`);
+      const labels = parseKeyValues(opts.label, 'label', /^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$/);
+      const op = await api.post<OperationView>(`/api/weaver/${id}/snapshot`, {
+        ...(opts.appConsistent ? { consistency_mode: 'app-consistent' } : {}),
+        ...(opts.ttlSeconds ? { ttl_seconds: Number(opts.ttlSeconds) } : {}),
+        ...(Object.keys(labels).length ? { labels } : {}),
+      });
+      await reportOperation(api, cmd, op, opts.wait);
+    });
+
+  weaver
+    .command('fork <id>')
+    .description('fork a running weaver into a new weaver (its files as of now, image, env, command) and attach to it')
+    .option('--ttl <hours>', 'lifetime of the fork in hours')
+    .option('-e, --env <KEY=VALUE>', 'environment variable for the fork (repeatable; overrides the inherited one)', collect, [])
+    .option('--tag <KEY=VALUE>', 'tag (repeatable)', collect, [])
+    .option('-d, --detach', 'do not attach; print the id')
+    .option('--json', 'output the fork as JSON (implies --detach)')
+    .action(async (ref: string, opts: { ttl?: string; env: string[]; tag: string[]; detach?: boolean }, cmd: Command) => {
+      const g = globals(cmd);
+      const ttl = parseTtl(opts.ttl);
+      const env = parseKeyValues(opts.env, 'env', ENV_KEY_RE);
+      const tags = parseKeyValues(opts.tag, 'tag', /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/);
+      const api = client(cmd);
+      api.requireToken();
+      const id = await resolveWeaverId(api, ref);
+      const started = Date.now();
+      const w = await api.post<WeaverView>(`/api/weaver/${id}/fork`, {
+        ...(ttl !== undefined ? { lifetime_hours: ttl } : {}),
+        ...(Object.keys(env).length ? { env } : {}),
+        ...(Object.keys(tags).length ? { tags } : {}),
+      });
+      await waitAndAttach(api, w, started, g.json, !!opts.detach);
+    });
+
+  weaver
     .command('ps')
     .alias('ls')
     .description('list weavers of your orgs')
@@ -146,7 +208,7 @@ export function registerWeaverCommands(program: Command): void {
       if (globals(cmd).json) return printJson(weavers);
       const now = Date.now();
       printTable(
-        ['ID', 'IMAGE', 'STATUS', 'AGE', 'TTL'],
+        ['ID', 'IMAGE', 'STATUS', 'AGE', 'TTL', 'PARENT'],
         // A weaver that already ended has no lifetime left to count down (its record stays until expiry).
         weavers.map((w) => [
           w.id,
@@ -154,6 +216,7 @@ export function registerWeaverCommands(program: Command): void {
           w.reason && w.status !== 'running' ? `${w.status} (${w.reason})` : w.status,
           formatDuration(now - Date.parse(w.created_at)),
           ENDED.has(w.status) ? '-' : formatDuration(Date.parse(w.expires_at) - now),
+          w.parent_weaver_id ?? '-',
         ]),
       );
     });

@@ -7,6 +7,7 @@ import type { TokenService } from './auth/tokens.js';
 import type { DeviceFlow } from './auth/device.js';
 import type { OrgService } from './orgs/orgs.js';
 import type { Quotas } from '../weaver/quotas.js';
+import type { SnapshotLookupPort, WeaverBranchingPort } from '../weaver/branching-port.js';
 import type { StreamRegistry } from './streams.js';
 import type { LoginLimiter } from './auth/login-limit.js';
 
@@ -30,4 +31,8 @@ export interface AppContext {
   /** The URL users reach the server at (LOOM_PUBLIC_URL, else the bound address); set once listening. */
   baseUrl: string;
   healthChecks: Map<string, () => Promise<{ ok: boolean; detail: string }>>;
+  /** Set by the weaver component when it is enabled (branching reaches weavers through it). */
+  weaverBranching?: WeaverBranchingPort;
+  /** Set by the branching component (weavers made from snapshots). */
+  snapshotLookup?: SnapshotLookupPort;
 }

@@ -48,7 +48,9 @@ export async function weaverComponent(config: Config, log: Logger, backend?: Bac
         log: log.child({ component: 'weaver' }),
         metrics: new WeaverMetrics(ctx.metrics.registry, () => store.countLive()),
         ...(b.defaultImage ? { backendDefaultImage: b.defaultImage } : {}),
+        snapshotLookup: () => ctx.snapshotLookup,
       });
+      ctx.weaverBranching = svc.branchingPort();
       ctx.healthChecks.set('weaver_backend', () => b.provisioner.health());
       await svc.start();
     },

@@ -46,5 +46,15 @@ CREATE TABLE attach_tickets (
       // Tickets live 30 s: older ones (without a token) are simply refused.
       sql: `ALTER TABLE attach_tickets ADD COLUMN token_id TEXT;`,
     },
+    {
+      version: 3,
+      name: 'env values (forks inherit them), parent weaver and snapshot of forks',
+      sql: `
+ALTER TABLE weavers ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE weavers ADD COLUMN parent_weaver_id TEXT;
+ALTER TABLE weavers ADD COLUMN snapshot_id TEXT;
+CREATE INDEX weavers_snapshot ON weavers(snapshot_id) WHERE snapshot_id IS NOT NULL;
+`,
+    },
   ],
 };

@@ -33,12 +33,23 @@ export interface WeaverSpec {
   command?: string[];
   resources: WeaverResources;
   lifetimeHours: number;
+  /** Start from this snapshot's state (a fork) instead of the image's; the image still gives the run config. */
+  fromSnapshot?: string;
   createdAt: Date;
   expiresAt: Date;
   tags: Record<string, string>;
 }
 
 /** What a backend knows of one weaver. */
+/** What a snapshot of a weaver's layer produced (local backend). */
+export interface LayerSnapshotResult {
+  bytes: number;
+  inodes: number;
+  strategy: string;
+  /** How long the weaver was frozen (app-consistent), or null. */
+  frozenMs: number | null;
+}
+
 export interface BackendWeaver {
   id: string;
   status: WeaverStatus;
@@ -107,4 +118,8 @@ export interface Provisioner {
   diskUsage?(id: string): Promise<number | null>;
   /** Stops watchers and timers; leaves weavers running. */
   close(): Promise<void>;
+  /** Layered state (local backend only; absent where a backend cannot branch weavers yet). */
+  snapshot?(id: string, snapshotId: string, opts: { freeze: boolean; signal?: AbortSignal }): Promise<LayerSnapshotResult>;
+  removeSnapshot?(snapshotId: string): Promise<void>;
+  pruneSnapshots?(knownIds: string[]): Promise<string[]>;
 }

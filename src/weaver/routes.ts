@@ -28,6 +28,7 @@ export const CreateWeaverBody = Type.Object(
     command: Type.Optional(Type.Array(Type.String({ maxLength: 32768 }), { minItems: 1, maxItems: 1024 })),
     resources: Type.Optional(Type.Object({ cpu: Type.Optional(Type.String({ maxLength: 32 })), memory: Type.Optional(Type.String({ maxLength: 32 })) }, Strict)),
     tags: Type.Optional(StrMap),
+    from_snapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
   },
   Strict,
 );

@@ -9,6 +9,7 @@ import type { BackendWeaver, Provisioner, WeaverSpec } from './provisioner.js';
 import { WeaverStore, type Weaver } from './store.js';
 import { validateCreate, type CreateWeaverRequest } from './validation.js';
 import { AttachHub } from './attach-hub.js';
+import type { ForkOverrides, SnapshotForWeaver, SnapshotLookupPort, WeaverBranchingPort, WeaverForBranching } from './branching-port.js';
 import type { WeaverMetrics } from './metrics.js';
 import type { Quotas } from './quotas.js';
 
@@ -26,6 +27,8 @@ export interface WeaverServiceDeps {
   quotas: Quotas;
   /** Image used when a request names none and LOOM_SERVER_WEAVER_DEFAULT_IMAGE is empty. */
   backendDefaultImage?: string;
+  /** The branching component's snapshot lookup, once it is started (from_snapshot). */
+  snapshotLookup?: () => SnapshotLookupPort | undefined;
 }
 
 /**
@@ -97,11 +100,100 @@ export class WeaverService {
   }
 
   async create(user: User, req: CreateWeaverRequest): Promise<Weaver> {
-    const { config, store, orgs, provisioner } = this.d;
+    const { config, orgs } = this.d;
     const v = validateCreate(req, config);
+    if (req.from_snapshot !== undefined) {
+      const why = this.unsupported();
+      if (why) throw new LoomError(409, 'weaver_branching_unsupported', why);
+      const lookup = this.d.snapshotLookup?.();
+      if (!lookup) throw new LoomError(409, 'weaver_branching_unsupported', 'snapshots are not available on this server');
+      const snap = lookup.snapshotForWeaver(user, req.from_snapshot);
+      if (req.org_id !== undefined && req.org_id !== snap.org_id) throw new LoomError(400, 'org_mismatch', `snapshot ${snap.id} belongs to another org than org_id; a weaver made from it lives in the snapshot's org`);
+      const { resources: _r, ...rest } = req;
+      return this.createFromSnapshot(user, snap, { ...rest, ...(req.resources ? { resources: v.resources } : {}) });
+    }
     const org = req.org_id ? orgs.requireRole(user.id, req.org_id, 'member') : orgs.personalOrgOf(user.id);
     const image = v.image ?? (config.defaultImage || this.d.backendDefaultImage);
     if (!image) throw new LoomError(400, 'image_required', 'no image given and the server has no default image (set LOOM_SERVER_WEAVER_DEFAULT_IMAGE)');
+    return this.launch(user, org.id, { ...v, image });
+  }
+
+  /**
+   * A weaver from a snapshot: its image, command, env (overridden key by key by the request's)
+   * and resources, in the snapshot's org, with a lifetime of its own.
+   */
+  private validateFork(req: ForkOverrides & { command?: string[] }) {
+    return validateCreate({ ...(req.lifetime_hours !== undefined ? { lifetime_hours: req.lifetime_hours } : {}), ...(req.tags ? { tags: req.tags } : {}), ...(req.env ? { env: req.env } : {}), ...(req.command ? { command: req.command } : {}) }, this.d.config);
+  }
+
+  async createFromSnapshot(user: User, snap: SnapshotForWeaver, req: ForkOverrides & { command?: string[]; resources?: { cpu: string; memory: string } }): Promise<Weaver> {
+    const v = this.validateFork(req);
+    const command = req.command ?? snap.command;
+    return this.launch(user, snap.org_id, {
+      ...v,
+      image: snap.image,
+      env: { ...snap.env, ...v.env },
+      ...(command ? { command } : {}),
+      resources: req.resources ?? snap.resources,
+      fromSnapshot: snap.id,
+      parentWeaverId: snap.parent_weaver_id,
+    });
+  }
+
+  /** Why weavers of this backend cannot be snapshotted or forked, or null. */
+  unsupported(): string | null {
+    const p = this.d.provisioner;
+    if (p.snapshot && p.removeSnapshot) return null;
+    return `weaver snapshots and forks are not available on the ${p.name} backend yet: they need a PVC-backed /workspace and CSI VolumeSnapshots (see the README)`;
+  }
+
+  /** The port branching uses to reach weavers (see branching-port.ts). */
+  branchingPort(): WeaverBranchingPort {
+    const p = this.d.provisioner;
+    const need = <T>(f: T | undefined): T => {
+      if (!f) throw new LoomError(409, 'weaver_branching_unsupported', this.unsupported() ?? 'unsupported');
+      return f;
+    };
+    return {
+      weaver: (user, id) => {
+        let w: Weaver;
+        try {
+          w = this.visible(user, id);
+        } catch {
+          return null;
+        }
+        const priv = this.d.store.private(id);
+        const out: WeaverForBranching = { id: w.id, org_id: w.org_id, owner_user_id: w.owner_user_id, backend: priv?.backend ?? p.name, status: w.status, image: w.image, env: priv?.env ?? {}, resources: w.resources };
+        if (w.command) out.command = w.command;
+        return out;
+      },
+      unsupported: () => this.unsupported(),
+      checkFork: (req) => {
+        this.validateFork(req);
+        if (this.d.store.countLive() >= this.d.config.maxConcurrent) {
+          throw tooMany(`at most ${this.d.config.maxConcurrent} weavers may be pending or running at once; delete one (loom weaver delete) or wait`, 'weaver_limit');
+        }
+      },
+      snapshot: (id, sid, opts) => need(p.snapshot).call(p, id, sid, opts),
+      removeSnapshot: (sid) => need(p.removeSnapshot).call(p, sid),
+      pruneSnapshots: async (known) => (p.pruneSnapshots ? p.pruneSnapshots(known) : []),
+      createFromSnapshot: (user, snap, req) => this.createFromSnapshot(user, snap, req),
+      madeFrom: (user, sid) => {
+        const orgs = new Set(this.d.orgs.orgIdsOf(user.id));
+        return this.d.store.fromSnapshot(sid).filter((w) => orgs.has(w.org_id)).map((w) => ({ id: w.id, status: w.status, created_at: w.created_at }));
+      },
+    };
+  }
+
+  /** Records the weaver (within the concurrency limit) and provisions it in the background. */
+  private async launch(
+    user: User,
+    orgId: string,
+    v: Omit<ReturnType<typeof validateCreate>, 'image'> & { image: string; fromSnapshot?: string; parentWeaverId?: string },
+  ): Promise<Weaver> {
+    const { config, store, provisioner } = this.d;
+    const image = v.image;
+    const org = { id: orgId };
     const ask = this.d.quotas.resources(v.resources);
     this.d.quotas.requireFreeSpace();
     this.d.quotas.admit(user.id, org.id, ask);
@@ -121,8 +213,10 @@ export class WeaverService {
       expires_at: new Date(now.getTime() + v.lifetimeHours * 3600_000).toISOString(),
       lifetime_hours: v.lifetimeHours,
       tags: v.tags,
+      ...(v.parentWeaverId ? { parent_weaver_id: v.parentWeaverId } : {}),
+      ...(v.fromSnapshot ? { snapshot_id: v.fromSnapshot } : {}),
     };
-    if (!store.insertWithin(w, provisioner.name, config.maxConcurrent)) {
+    if (!store.insertWithin(w, provisioner.name, config.maxConcurrent, v.env)) {
       throw tooMany(`at most ${config.maxConcurrent} weavers may be pending or running at once; delete one (loom weaver delete) or wait`, 'weaver_limit');
     }
     this.d.metrics.created.inc();
@@ -138,6 +232,7 @@ export class WeaverService {
       ...(v.command ? { command: v.command } : {}),
       resources: v.resources,
       lifetimeHours: v.lifetimeHours,
+      ...(v.fromSnapshot ? { fromSnapshot: v.fromSnapshot } : {}),
       createdAt: now,
       expiresAt: new Date(w.expires_at),
       tags: v.tags,

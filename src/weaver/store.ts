@@ -22,6 +22,9 @@ export interface Weaver {
   expires_at: string;
   lifetime_hours: number;
   tags: Record<string, string>;
+  /** A fork: the weaver it was forked from and the snapshot it started from. */
+  parent_weaver_id?: string;
+  snapshot_id?: string;
 }
 
 interface Row {
@@ -46,6 +49,9 @@ interface Row {
   ended_at: string | null;
   expires_at: string;
   failure_log: string | null;
+  env: string;
+  parent_weaver_id: string | null;
+  snapshot_id: string | null;
 }
 
 function toWeaver(r: Row): Weaver {
@@ -68,6 +74,8 @@ function toWeaver(r: Row): Weaver {
     expires_at: r.expires_at,
     lifetime_hours: r.lifetime_hours,
     tags: JSON.parse(r.tags) as Record<string, string>,
+    ...(r.parent_weaver_id !== null ? { parent_weaver_id: r.parent_weaver_id } : {}),
+    ...(r.snapshot_id !== null ? { snapshot_id: r.snapshot_id } : {}),
   };
 }
 
@@ -77,13 +85,17 @@ export const LIVE_STATUSES: WeaverStatus[] = ['pending', 'running'];
 export class WeaverStore {
   constructor(private readonly db: Db) {}
 
-  insert(w: Weaver, backend: string): void {
+  /** Env values are stored (a fork inherits them) but never part of the API's weaver object. */
+  insert(w: Weaver, backend: string, env: Record<string, string>): void {
     this.db
       .prepare(
-        `INSERT INTO weavers (id, org_id, owner_user_id, backend, image, status, repo, branch, env_keys, command, cpu, memory, lifetime_hours, tags, created_at, expires_at)
-         VALUES (@id, @org_id, @owner_user_id, @backend, @image, @status, @repo, @branch, @env_keys, @command, @cpu, @memory, @lifetime_hours, @tags, @created_at, @expires_at)`,
+        `INSERT INTO weavers (id, org_id, owner_user_id, backend, image, status, repo, branch, env_keys, env, command, cpu, memory, lifetime_hours, tags, created_at, expires_at, parent_weaver_id, snapshot_id)
+         VALUES (@id, @org_id, @owner_user_id, @backend, @image, @status, @repo, @branch, @env_keys, @env, @command, @cpu, @memory, @lifetime_hours, @tags, @created_at, @expires_at, @parent_weaver_id, @snapshot_id)`,
       )
       .run({
+        env: JSON.stringify(env),
+        parent_weaver_id: w.parent_weaver_id ?? null,
+        snapshot_id: w.snapshot_id ?? null,
         id: w.id,
         org_id: w.org_id,
         owner_user_id: w.owner_user_id,
@@ -104,10 +116,10 @@ export class WeaverStore {
   }
 
   /** Inserts only while fewer than `max` weavers are pending or running (one transaction). */
-  insertWithin(w: Weaver, backend: string, max: number): boolean {
+  insertWithin(w: Weaver, backend: string, max: number, env: Record<string, string>): boolean {
     return this.db.transaction(() => {
       if (this.countLive() >= max) return false;
-      this.insert(w, backend);
+      this.insert(w, backend, env);
       return true;
     })();
   }
@@ -122,6 +134,16 @@ export class WeaverStore {
   get(id: string): Weaver | null {
     const r = this.db.prepare('SELECT * FROM weavers WHERE id = ?').get(id) as Row | undefined;
     return r ? toWeaver(r) : null;
+  }
+
+  /** The weaver's env values and backend (for snapshots and forks). */
+  private(id: string): { env: Record<string, string>; backend: string } | null {
+    const r = this.db.prepare('SELECT env, backend FROM weavers WHERE id = ?').get(id) as { env: string; backend: string } | undefined;
+    return r ? { env: JSON.parse(r.env) as Record<string, string>, backend: r.backend } : null;
+  }
+
+  fromSnapshot(snapshotId: string): Weaver[] {
+    return (this.db.prepare('SELECT * FROM weavers WHERE snapshot_id = ? ORDER BY created_at').all(snapshotId) as Row[]).map(toWeaver);
   }
 
   failureLog(id: string): string | null {

@@ -12,6 +12,8 @@ export interface CreateWeaverRequest {
   command?: string[];
   resources?: { cpu?: string; memory?: string };
   tags?: Record<string, string>;
+  /** Start from this snapshot (a weaver snapshot) instead of an image. */
+  from_snapshot?: string;
 }
 
 export const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -81,6 +83,10 @@ export interface ValidatedCreate {
 export function validateCreate(req: CreateWeaverRequest, cfg: WeaverConfig): ValidatedCreate {
   if (req.image !== undefined && !isValidImageRef(req.image)) {
     throw badRequest(`invalid image reference ${JSON.stringify(req.image)}`, 'invalid_image');
+  }
+  if (req.from_snapshot !== undefined) {
+    if (req.image !== undefined) throw badRequest('give either image or from_snapshot, not both (a weaver made from a snapshot runs its image)', 'from_snapshot_with_image');
+    if (req.repo !== undefined) throw badRequest('give either repo or from_snapshot, not both (a weaver made from a snapshot has its /workspace)', 'from_snapshot_with_repo');
   }
   if (req.branch !== undefined && req.repo === undefined) throw badRequest('branch needs repo', 'branch_without_repo');
   if (req.repo !== undefined) validateRepo(req.repo);

@@ -45,6 +45,18 @@ t.test('weavers as pods: create, running, attach, logs, delete', async (t) => {
   t.equal(p.metadata.labels?.['app.kubernetes.io/managed-by'], 'loom');
   t.equal((p.spec as { containers: { workingDir?: string }[] }).containers[0]?.workingDir, '/workspace/app');
 
+  // Weaver snapshots and forks need CSI VolumeSnapshots on Kubernetes: a clear 409, nothing made.
+  for (const action of ['snapshot', 'fork']) {
+    const r = await srv.api<{ error: { code: string; message: string } }>('POST', `/api/weaver/${id}/${action}`, tok, {});
+    t.equal(r.status, 409, `${action} on the kubernetes backend`);
+    t.equal(r.body.error.code, 'WEAVER_BRANCHING_UNSUPPORTED');
+    t.match(r.body.error.message, /VolumeSnapshot/);
+  }
+  t.equal((await srv.api<{ snapshots: unknown[] }>('GET', '/api/snapshots', tok)).body.snapshots.length, 0, 'no snapshot recorded');
+  const fromSnap = await srv.api<{ error: { code: string } }>('POST', '/api/weaver', tok, { from_snapshot: '00000000-0000-4000-8000-000000000000' });
+  t.equal(fromSnap.status, 409);
+  t.equal(fromSnap.body.error.code, 'weaver_branching_unsupported');
+
   const a = await AttachClient.connect(srv.url, id, { token: tok });
   a.resize(100, 30);
   a.send('ping-through-pod\n');

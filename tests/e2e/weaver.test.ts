@@ -365,7 +365,7 @@ t.test('the loom CLI: new, ps, logs, attach, delete', async (t) => {
   t.equal(list[0]?.id, id);
   t.equal(list[0]?.status, 'running');
   const table = await loom(['weaver', 'ps']);
-  t.match(table.stdout, /^ID\s+IMAGE\s+STATUS\s+AGE\s+TTL\n/);
+  t.match(table.stdout, /^ID\s+IMAGE\s+STATUS\s+AGE\s+TTL\s+PARENT\n/);
   t.match(table.stdout, new RegExp(`${id}\\s+loom/default:latest\\s+running\\s+\\S+\\s+3h5\\dm`));
 
   // Piped input goes to the shell; the CLI detaches when input ends (the weaver keeps running).

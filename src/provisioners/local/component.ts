@@ -25,6 +25,7 @@ export function localBackend(config: Config, log: Logger): BackendHandle {
     defaultMemory: config.weaver.defaultMemory,
     pidsLimit: config.weaver.pidsLimit,
     git: config.weaver.git,
+    testDelayMs: config.branching.testDelayMs,
   });
   return {
     provisioner,

@@ -5,8 +5,12 @@
  *   runc/              the runtime's --root (state of our containers only)
  *   images/            ImageStore
  *   exits/<id>         conmon exit files (one fs.watch for all weavers, plus a slow poll)
- *   weavers/<id>/      bundle: meta.json, config.json, rootfs/ (overlay mount), layer/ (upper+work),
- *                      workspace/ (bind-mounted at /workspace), ctr.log, attach, ctl, winsz, pid files
+ *   layers/            the snapshotter (snapshotter/overlay.ts): image layers (references to the
+ *                      unpacked images), weaver snapshots and each weaver's active layer
+ *   weavers/<id>/      bundle: meta.json, config.json, rootfs/ (the mount of the weaver's active
+ *                      layer `weaver/<id>`, /workspace included), ctr.log, attach, ctl, winsz, pid files
+ * Weavers made by earlier releases (meta without `layout`) keep their layer/ (upper+work) and
+ * workspace/ (bind-mounted at /workspace) until deleted; they cannot be snapshotted as layers.
  */
 import { promises as fsp, watch as fsWatch, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
@@ -14,7 +18,7 @@ import { LoomError, errorMessage } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { WeaverConfig } from '../../server/config/load.js';
 import type {
-  BackendHealth, BackendWeaver, LogOptions, Provisioner, ReconcileReport, StatusListener, TerminalStream, WeaverSpec,
+  BackendHealth, BackendWeaver, LayerSnapshotResult, LogOptions, Provisioner, ReconcileReport, StatusListener, TerminalStream, WeaverSpec,
 } from '../../weaver/provisioner.js';
 import { ensureAttachRelay, openTerminalStream, type RelayCommand } from './attach.js';
 import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage } from './default-image.js';
@@ -26,6 +30,7 @@ import { ContainerRuntime, bundleFiles, detectRuntime, type RuntimeState } from 
 import { buildOciSpec } from './spec.js';
 import { RuntimeHooks, type HookContext } from './hooks.js';
 import { exists, readJson, run, sleep, writeJsonAtomic } from './util.js';
+import { OverlaySnapshotter } from './snapshotter/overlay.js';
 import { KeyedMutex } from '../../common/keyed-mutex.js';
 import { followLog, readLogTail } from './logs.js';
 
@@ -49,6 +54,8 @@ export interface LocalProvisionerOptions {
   stopGraceMs?: number;
   /** Build the default image in start() (default true); otherwise on first use. */
   prepareDefaultImage?: boolean;
+  /** Test hook: sleep this long after copying a snapshot's layer (inside the freeze when frozen). */
+  testDelayMs?: number;
 }
 
 /** What we keep on disk per weaver, next to the bundle. */
@@ -62,7 +69,12 @@ interface WeaverMeta {
   startedAt?: string;
   hostname: string;
   slirp?: boolean;
+  /** 'layers': the root filesystem is the active layer weaver/<id>. Absent: an earlier release's layout. */
+  layout?: 'layers';
 }
+
+export const weaverLayer = (id: string): string => `weaver/${id}`;
+export const snapshotLayer = (snapshotId: string): string => `snapshot/${snapshotId}`;
 
 interface Live {
   id: string;
@@ -90,6 +102,7 @@ export class LocalProvisioner implements Provisioner {
   private readonly opts: LocalProvisionerOptions;
   private readonly materializer: Materializer;
   private runtime: ContainerRuntime | null = null;
+  private layerStore: OverlaySnapshotter | null = null;
   private relay: RelayCommand | null = null;
   private readonly listeners = new Set<StatusListener>();
   private readonly live = new Map<string, Live>();
@@ -126,6 +139,14 @@ export class LocalProvisioner implements Provisioner {
     for (const d of [this.base, this.weaversDir, this.exitDir, join(this.base, 'runc'), join(this.base, 'tmp')]) await fsp.mkdir(d, { recursive: true });
     const info = await detectRuntime(this.opts.runtime ?? 'auto', join(this.base, 'tmp'));
     this.runtime = new ContainerRuntime(info, join(this.base, 'runc'));
+    const opened = await OverlaySnapshotter.open(join(this.base, 'layers'));
+    this.layerStore = opened.snapshotter;
+    if (opened.report.removed.length || opened.report.interrupted.length) {
+      this.log.warn({ removed: opened.report.removed, interrupted: opened.report.interrupted.map((i) => i.key) }, 'layers: removed what an interrupted process left');
+    }
+    const thawed = await this.runtime.thawRecorded();
+    if (thawed.thawed.length) this.log.warn({ weavers: thawed.thawed }, 'thawed weavers left frozen by an interrupted snapshot');
+    for (const f of thawed.failed) this.log.error({ weaver: f.id, err: f.error }, 'thawing a weaver left frozen failed');
     this.relay = await ensureAttachRelay();
     this.startExitWatcher();
     this.log.info({ runtime: info.name, version: info.version, relay: this.relay.cmd }, 'local backend ready');
@@ -142,6 +163,12 @@ export class LocalProvisioner implements Provisioner {
 
   private rt(): ContainerRuntime {
     return this.containerRuntime;
+  }
+
+  /** The layer store (after start()). */
+  get layers(): OverlaySnapshotter {
+    if (!this.layerStore) throw new LoomError(503, 'backend_not_started', 'local provisioner not started');
+    return this.layerStore;
   }
 
   private dir(id: string): string {
@@ -264,7 +291,7 @@ export class LocalProvisioner implements Provisioner {
       if (toLog) await appendLogLine(files.log, toLog).catch(() => undefined);
       await this.rt().remove(id, dir, 0).catch(() => undefined);
       await stopSlirp(join(dir, 'slirp.pid'));
-      await this.materializer.release(join(dir, 'layer'), join(dir, 'rootfs')).catch(() => undefined);
+      await this.releaseRootfs(id, dir, meta);
       await this.hooks.removed(this.hookContext(id, spec), (h) => join(dir, 'hooks', h));
       meta.phase = 'failed';
       meta.reason = reason;
@@ -286,27 +313,40 @@ export class LocalProvisioner implements Provisioner {
       // 2. user
       const user = await resolveUser(resolved.config, lower);
       if ('error' in user) return await fail(user.error, `loom: ${user.error}`);
-      // 3. workspace (+ clone)
-      const workspace = join(dir, 'workspace');
-      await fsp.mkdir(workspace, { recursive: true });
-      await fsp.chown(workspace, user.uid, user.gid);
+      // 3. root filesystem: an active layer on the image, or on a snapshot for a fork
+      const rootfs = join(dir, 'rootfs');
+      const tm = Date.now();
+      let parent: string;
+      if (spec.fromSnapshot) {
+        parent = snapshotLayer(spec.fromSnapshot);
+        if (!this.layers.stat(parent)) return await fail(`snapshot ${spec.fromSnapshot} has no layer on this machine`);
+      } else {
+        parent = `image/${resolved.image.digest}`;
+        await this.layers.importRef(parent, lower, { image: resolved.image.name });
+      }
+      meta.layout = 'layers';
+      await writeJsonAtomic(join(dir, 'meta.json'), meta);
+      await this.layers.prepare(weaverLayer(id), parent, { weaver: id });
+      await fsp.mkdir(rootfs, { recursive: true });
+      await this.layers.mount(weaverLayer(id), rootfs);
+      const materializeMs = Date.now() - tm;
+      if (signal.aborted) return;
+      const home = await prepareRootfs(rootfs, meta.hostname, user, this.opts.network === 'slirp4netns');
+      // 4. workspace (+ clone), inside the layer; a fork keeps the one it inherited
+      const workspace = join(rootfs, 'workspace');
+      const wsStat = await fsp.lstat(workspace);
+      if (!wsStat.isDirectory()) return await fail('the image\'s /workspace is not a directory');
+      if (!spec.fromSnapshot) await fsp.chown(workspace, user.uid, user.gid);
       let cwd = resolved.config.workingDir || '/workspace';
-      if (spec.repo) {
+      if (spec.repo && !spec.fromSnapshot) {
         const r = await cloneRepo(spec.repo, spec.branch, workspace, user.uid, user.gid, this.opts.git);
         if (signal.aborted) return;
         if (!r.ok) {
           const reason = `git clone failed: ${r.message}`;
           return await fail(reason, `loom: ${reason}`);
         }
-        cwd = `/workspace/${repoName(spec.repo)}`;
       }
-      // 4. root filesystem
-      const rootfs = join(dir, 'rootfs');
-      const tm = Date.now();
-      await this.materializer.materialize(lower, join(dir, 'layer'), rootfs);
-      const materializeMs = Date.now() - tm;
-      if (signal.aborted) return;
-      const home = await prepareRootfs(rootfs, meta.hostname, user, this.opts.network === 'slirp4netns');
+      if (spec.repo) cwd = `/workspace/${repoName(spec.repo)}`;
       // 5. OCI config
       const args = spec.command?.length ? spec.command : [...resolved.config.entrypoint, ...resolved.config.cmd];
       if (args.length === 0) return await fail(`image ${spec.image} has no command and none was given`);
@@ -329,7 +369,6 @@ export class LocalProvisioner implements Provisioner {
         cpu: spec.resources.cpu || this.opts.defaultCpu || undefined,
         memory: spec.resources.memory || this.opts.defaultMemory || undefined,
         pidsLimit: this.opts.pidsLimit ?? 1024,
-        binds: [{ source: workspace, destination: '/workspace' }],
         consoleSize: { cols: 80, rows: 24 },
       });
       const hookCtx = this.hookContext(spec.id, spec);
@@ -378,6 +417,12 @@ export class LocalProvisioner implements Provisioner {
       dir = this.dir(id);
     } catch {
       return null;
+    }
+    // On layers, everything the weaver wrote (/workspace included) is its active layer's upper.
+    const meta = await readJson<WeaverMeta>(join(dir, 'meta.json'));
+    if (meta?.layout === 'layers') {
+      if (!this.layers.stat(weaverLayer(id))) return null;
+      return (await this.layers.usage(weaverLayer(id))).bytes;
     }
     const paths = [join(dir, 'layer', 'upper'), join(dir, 'workspace')];
     const present: string[] = [];
@@ -504,10 +549,79 @@ export class LocalProvisioner implements Provisioner {
     return { id, kind: 'weaver', ...(spec ? { orgId: spec.orgId, ownerUserId: spec.ownerUserId } : {}) };
   }
 
+  /** Unmounts the weaver's root filesystem and drops its active layer (or an earlier release's upper). */
+  private async releaseRootfs(id: string, dir: string, meta: WeaverMeta | null): Promise<void> {
+    if (meta && !meta.layout) {
+      await this.materializer.release(join(dir, 'layer'), join(dir, 'rootfs')).catch(() => undefined);
+      return;
+    }
+    await unmountAll(join(dir, 'rootfs'));
+    await this.layers.remove(weaverLayer(id)).catch((e) => this.log.error({ weaver: id, err: errorMessage(e) }, 'removing the weaver layer failed'));
+  }
+
+  // ---------------------------------------------------------------- snapshots of weavers
+
+  /**
+   * Commits what the weaver's active layer holds now into the committed layer snapshot/<id>
+   * (a copy of the upper only: what the weaver changed). Crash-consistent by default: the upper
+   * is copied while the weaver runs, so each file is as it was at some moment of the copy;
+   * `freeze` holds every process in the cgroup freezer for the copy (recorded first, so a crash
+   * mid-freeze is thawed at the next start). The weaver keeps running either way.
+   */
+  async snapshot(id: string, snapshotId: string, opts: { freeze: boolean; signal?: AbortSignal }): Promise<LayerSnapshotResult> {
+    await this.start();
+    const dir = this.dir(id);
+    return this.mutex.run(`snap:${id}`, async () => {
+      const meta = await readJson<WeaverMeta>(join(dir, 'meta.json'));
+      if (!meta || meta.phase !== 'started') throw new LoomError(409, 'WEAVER_NOT_RUNNING', `weaver ${id} is not running`);
+      if (!meta.layout) throw new LoomError(409, 'WEAVER_NOT_LAYERED', `weaver ${id} was created by an earlier release and has no layer to snapshot; snapshot it with POST /api/containers/${id}/snapshot, or recreate it`);
+      const st = await this.rt().state(id);
+      if (!st || (st.status !== 'running' && st.status !== 'paused')) throw new LoomError(409, 'WEAVER_NOT_RUNNING', `weaver ${id} is not running`);
+      const name = snapshotLayer(snapshotId);
+      const copy = () => this.layers.snapshot(name, weaverLayer(id), { weaver: id }, opts.signal ? { signal: opts.signal } : {});
+      let frozenMs: number | null = null;
+      let info;
+      if (opts.freeze) {
+        const t0 = performance.now();
+        await this.rt().freeze(id, `snapshot ${snapshotId}`);
+        try {
+          info = await copy();
+          if (this.opts.testDelayMs) await sleep(this.opts.testDelayMs);
+        } finally {
+          await this.rt().thaw(id).catch((e) => this.log.error({ weaver: id, err: errorMessage(e) }, 'thaw after snapshot failed'));
+          frozenMs = Math.round((performance.now() - t0) * 100) / 100;
+        }
+      } else {
+        info = await copy();
+        if (this.opts.testDelayMs) await sleep(this.opts.testDelayMs);
+      }
+      return { bytes: info.usage?.bytes ?? 0, inodes: info.usage?.inodes ?? 0, strategy: info.strategy ?? 'copy', frozenMs };
+    });
+  }
+
+  /** Removes a snapshot's layer; 409 SNAPSHOT_IN_USE while weavers run on it. Unknown ids are a no-op. */
+  async removeSnapshot(snapshotId: string): Promise<void> {
+    await this.start();
+    await this.layers.remove(snapshotLayer(snapshotId));
+  }
+
+  /** Snapshot layers no record knows (a crash between the copy and the record) go, unless something stacks on them. */
+  async pruneSnapshots(knownIds: string[]): Promise<string[]> {
+    await this.start();
+    const known = new Set(knownIds.map(snapshotLayer));
+    const gone: string[] = [];
+    for (const l of this.layers.list().reverse()) {
+      if (!l.key.startsWith('snapshot/') || known.has(l.key) || this.layers.children(l.key).length) continue;
+      await this.layers.remove(l.key);
+      gone.push(l.key.slice('snapshot/'.length));
+    }
+    return gone;
+  }
+
   private async destroy(id: string, dir: string): Promise<void> {
     await stopSlirp(join(dir, 'slirp.pid'));
     await this.rt().remove(id, dir, this.opts.stopGraceMs ?? 2000);
-    await this.materializer.release(join(dir, 'layer'), join(dir, 'rootfs')).catch(() => undefined);
+    await this.releaseRootfs(id, dir, await readJson<WeaverMeta>(join(dir, 'meta.json')));
     await unmountAll(dir);
     for (const f of await this.hooks.removed(this.hookContext(id), (h) => join(dir, 'hooks', h))) {
       this.log.warn({ weaver: id, hook: f.hook, err: errorMessage(f.error) }, 'runtime hook failed on removal');
@@ -570,6 +684,14 @@ export class LocalProvisioner implements Provisioner {
         await this.mutex.run(id, () => this.destroy(id, dir)).catch(() => undefined);
         report.missing.push(id);
       }
+    }
+    // Active layers whose weaver is gone altogether (its directory removed before the layer was).
+    const keep = new Set([...known, ...report.adopted]);
+    for (const l of this.layers.list()) {
+      const wid = l.key.startsWith('weaver/') ? l.key.slice('weaver/'.length) : null;
+      if (!wid || keep.has(wid) || (await exists(join(this.weaversDir, wid)))) continue;
+      await this.layers.remove(l.key).catch((e) => this.log.warn({ layer: l.key, err: errorMessage(e) }, 'removing an orphan layer failed'));
+      report.orphansRemoved.push(wid);
     }
     this.log.info({ adopted: report.adopted.length, orphansRemoved: report.orphansRemoved.length, missing: report.missing.length }, 'reconciled local weavers');
     return report;

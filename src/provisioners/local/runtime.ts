@@ -243,6 +243,61 @@ export class ContainerRuntime {
     if (r.code !== 0) throw new Error(cleanRuntimeMessage(r.stderr));
   }
 
+  /** Where freezes are recorded: beside the runtime's root, never inside it (runc owns that). */
+  get freezeDir(): string {
+    return `${this.root}.freezes`;
+  }
+
+  /**
+   * pause() with a durable record written first: if this process dies while the container is
+   * frozen, thawRecorded() at the next start finds the record and thaws it. Pair with thaw().
+   */
+  async freeze(id: string, why: string): Promise<void> {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id)) throw new LoomError(400, 'bad_id', `invalid container id ${JSON.stringify(id)}`);
+    await fsp.mkdir(this.freezeDir, { recursive: true });
+    const file = join(this.freezeDir, id);
+    const fh = await fsp.open(file, 'w', 0o600);
+    try {
+      await fh.writeFile(JSON.stringify({ id, why, frozenAt: new Date().toISOString(), pid: process.pid }));
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    try {
+      await this.pause(id);
+    } catch (e) {
+      await fsp.rm(file, { force: true });
+      throw e;
+    }
+  }
+
+  /** Thaws a container frozen by freeze() and drops the record (kept if the thaw fails, for the next start). */
+  async thaw(id: string): Promise<void> {
+    const st = await this.state(id);
+    if (st?.status === 'paused') await this.resume(id);
+    await fsp.rm(join(this.freezeDir, id), { force: true });
+  }
+
+  /** At start: thaws every container whose freeze was recorded but never undone (a crash mid-freeze). */
+  async thawRecorded(): Promise<{ thawed: string[]; failed: Array<{ id: string; error: string }> }> {
+    const out = { thawed: [] as string[], failed: [] as Array<{ id: string; error: string }> };
+    let ids: string[] = [];
+    try {
+      ids = await fsp.readdir(this.freezeDir);
+    } catch {
+      return out;
+    }
+    for (const id of ids) {
+      try {
+        await this.thaw(id);
+        out.thawed.push(id);
+      } catch (e) {
+        out.failed.push({ id, error: errorMessage(e) });
+      }
+    }
+    return out;
+  }
+
   /** null when the runtime does not know the container. */
   async state(id: string): Promise<RuntimeState | null> {
     const r = await this.rt(['state', id]);
