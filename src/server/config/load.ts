@@ -31,6 +31,9 @@ export interface WeaverConfig {
   maxConcurrent: number;
   readyTimeoutSecs: number;
   imagePullSecrets: string[];
+  execTimeoutSecs: number;
+  execOutputMaxBytes: number;
+  filesMaxBytes: number;
   audit: {
     enabled: boolean;
     image: string;
@@ -143,6 +146,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxConcurrent: get<number>('LOOM_SERVER_WEAVER_MAX_CONCURRENT'),
       readyTimeoutSecs: get<number>('LOOM_SERVER_WEAVER_READY_TIMEOUT_SECS'),
       imagePullSecrets: get<string[]>('LOOM_SERVER_WEAVER_IMAGE_PULL_SECRETS'),
+      execTimeoutSecs: get<number>('LOOM_SERVER_WEAVER_EXEC_TIMEOUT_SECS'),
+      execOutputMaxBytes: get<number>('LOOM_SERVER_WEAVER_EXEC_OUTPUT_MAX_BYTES'),
+      filesMaxBytes: get<number>('LOOM_SERVER_WEAVER_FILES_MAX_BYTES'),
       audit: {
         enabled: get<boolean>('LOOM_SERVER_WEAVER_AUDIT_ENABLED'),
         image: get<string>('LOOM_SERVER_WEAVER_AUDIT_IMAGE'),
