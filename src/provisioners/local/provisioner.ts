@@ -465,9 +465,12 @@ export class LocalProvisioner implements Provisioner {
   async exec(id: string, req: ExecRequest): Promise<ExecProcess> {
     await this.start();
     const dir = this.dir(id);
-    const w = await this.get(id);
-    if (!w) throw new LoomError(404, 'not_found', `weaver ${id} not found`);
-    if (w.status !== 'running') throw new LoomError(409, 'weaver_not_running', `weaver ${id} is ${w.status}${w.reason ? ` (${w.reason})` : ''}`);
+    // A weaver we watch as running needs no `runc state` round trip (runc exec refuses a stopped one anyway).
+    if (this.live.get(id)?.status !== 'running') {
+      const w = await this.get(id);
+      if (!w) throw new LoomError(404, 'not_found', `weaver ${id} not found`);
+      if (w.status !== 'running') throw new LoomError(409, 'weaver_not_running', `weaver ${id} is ${w.status}${w.reason ? ` (${w.reason})` : ''}`);
+    }
     return localExec({ runtime: this.rt(), helper: this.execHelper!, id, bundle: dir, scratchRoot: join(this.base, 'x'), req });
   }
 
