@@ -16,7 +16,7 @@ import type { Provisioner } from './provisioner.js';
 import type { WeaverService } from './service.js';
 import type { Weaver } from './store.js';
 import { bridgeExec, execOneShot, parseExecRequest, parseStartFrame } from './exec.js';
-import { WeaverFiles, checkPath } from './files.js';
+import { WeaverFiles, checkPath, toolError } from './files.js';
 
 const IdParams = Type.Object({ id: Type.String({ maxLength: 64 }) });
 const PathQuery = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }) }, Strict);
@@ -77,6 +77,18 @@ export async function registerExecApi(api: FastifyInstance, _ctx: AppContext, sv
       }
       const errText: Buffer[] = [];
       proc.stderr.on('data', (b: Buffer) => errText.length < 64 && errText.push(b));
+      // Answer only once the tool produced its first bytes or ended, so a failure (say, a file
+      // the weaver's user may not read) is still a proper 403/404 rather than a cut-off 200.
+      const stdout = proc.stdout as Readable;
+      await new Promise<void>((resolve) => {
+        stdout.once('readable', () => resolve());
+        void proc.exit.then(() => resolve());
+      });
+      if (stdout.readableLength === 0) {
+        // End of output before any byte: answer with the tool's verdict.
+        const e = await proc.exit;
+        if (e.exitCode !== 0) throw toolError(Buffer.concat(errText).toString('utf8'), path, `reading ${path} failed`);
+      }
       // Ends the response with an error (a reset, not a clean end) when the tool fails mid-way.
       let sent = 0;
       const out = new Readable({ read() { proc.stdout.resume(); } });

@@ -40,7 +40,7 @@ export function checkPath(p: unknown): string {
 /** A toolbox failure as the API error it is, from the tool's stderr. */
 export function toolError(stderr: string, path: string, fallback: string): LoomError {
   const s = stderr.trim();
-  if (/No such file or directory|can't stat|cannot stat/i.test(s)) return new LoomError(404, 'not_found', `${path}: no such file or directory in the weaver`);
+  if (/No such file or directory|nonexistent directory|can't stat|cannot stat/i.test(s)) return new LoomError(404, 'not_found', `${path}: no such file or directory in the weaver`);
   if (/Permission denied|Operation not permitted|Read-only file system/i.test(s)) return new LoomError(403, 'permission_denied', `${path}: permission denied for the weaver's user`);
   if (/Is a directory/i.test(s)) return new LoomError(400, 'is_a_directory', `${path} is a directory (use ?archive=tar)`);
   if (/Not a directory/i.test(s)) return new LoomError(400, 'not_a_directory', `${path}: a parent is not a directory`);
