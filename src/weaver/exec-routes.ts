@@ -10,10 +10,13 @@ import { Strict } from '../server/http/schema.js';
 import type { AppContext } from '../server/context.js';
 import type { WeaverConfig } from '../server/config/load.js';
 import { authenticate, bearerToken, principal } from '../server/http/auth.js';
+import { WS_CLOSE_CODES } from '../server/streams.js';
+import { keepWebSocketAlive } from '../server/keepalive.js';
+import type { Resource } from '../server/orgs/access.js';
 import { LoomError, badRequest, isLoomError } from '../common/errors.js';
 import type { User } from '../server/auth/users.js';
 import type { Provisioner } from './provisioner.js';
-import type { WeaverService } from './service.js';
+import { WeaverService } from './service.js';
 import type { Weaver } from './store.js';
 import { bridgeExec, execOneShot, parseExecRequest, parseStartFrame } from './exec.js';
 import { WeaverFiles, checkPath, toolError } from './files.js';
@@ -22,22 +25,23 @@ const IdParams = Type.Object({ id: Type.String({ maxLength: 64 }) });
 const PathQuery = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }) }, Strict);
 
 /**
- * The one access check for exec and files: as strong as attach (the weaver's owner or an org
- * admin; another org's weaver is 404), and the weaver must be running.
- * TODO(i9-access): swap for the shared authorization function once it lands.
+ * Access for exec and files through the one role matrix (src/server/orgs/access.ts): as strong as
+ * attach — the weaver's owner or an org admin; a plain member 403, another org 404 — and the
+ * weaver must be running.
  */
-export function authorizeExec(svc: WeaverService, user: User, id: string): Weaver {
-  const w = svc.controllable(user, id);
+export function authorizeExec(svc: WeaverService, user: User, id: string, action: 'exec' | 'files'): Weaver {
+  const w = svc.authorized(user, id, action);
   if (w.status !== 'running') throw new LoomError(409, 'weaver_not_running', `weaver is ${w.status}${w.reason ? `: ${w.reason}` : ''}; exec and files need it running`);
   return w;
 }
 
-export async function registerExecApi(api: FastifyInstance, _ctx: AppContext, svc: WeaverService, p: Provisioner, cfg: WeaverConfig): Promise<void> {
+export async function registerExecApi(api: FastifyInstance, ctx: AppContext, svc: WeaverService, p: Provisioner, cfg: WeaverConfig): Promise<void> {
   const files = new WeaverFiles(p);
 
   api.post('/api/weaver/:id/exec', { schema: { params: IdParams } }, async (req) => {
     const id = (req.params as { id: string }).id;
-    authorizeExec(svc, principal(req).user, id);
+    const pr = principal(req);
+    const w = authorizeExec(svc, pr.user, id, 'exec');
     const body = (req.body ?? {}) as Record<string, unknown>;
     const { stdin, timeout_secs: timeoutSecs, ...rest } = body;
     if (stdin !== undefined && typeof stdin !== 'string') throw badRequest('stdin must be a string (the bytes fed to the command)', 'bad_exec_request');
@@ -49,17 +53,19 @@ export async function registerExecApi(api: FastifyInstance, _ctx: AppContext, sv
     const er = parseExecRequest(rest, { tty: false, stdin: false });
     const abort = new AbortController();
     req.raw.socket.on('close', () => abort.abort());
+    // A long one-shot dies with its credential or membership like any stream.
+    const unregister = ctx.streams.register({ close: () => abort.abort() }, { tokenId: pr.token.id, userId: pr.user.id, need: { action: 'exec', resource: WeaverService.resource(w) } });
     return execOneShot(p, id, er, {
       ...(typeof stdin === 'string' ? { input: stdin } : {}),
       maxOutputBytes: cfg.execOutputMaxBytes,
       timeoutMs: ((timeoutSecs as number | undefined) ?? cfg.execTimeoutSecs) * 1000,
       signal: abort.signal,
-    });
+    }).finally(unregister);
   });
 
   api.get('/api/weaver/:id/files/stat', { schema: { params: IdParams, querystring: PathQuery } }, async (req) => {
     const id = (req.params as { id: string }).id;
-    authorizeExec(svc, principal(req).user, id);
+    authorizeExec(svc, principal(req).user, id, 'files');
     return files.stat(id, checkPath((req.query as { path: string }).path));
   });
 
@@ -68,7 +74,7 @@ export async function registerExecApi(api: FastifyInstance, _ctx: AppContext, sv
     { schema: { params: IdParams, querystring: PathQuery } },
     async (req, reply) => {
       const id = (req.params as { id: string }).id;
-      authorizeExec(svc, principal(req).user, id);
+      authorizeExec(svc, principal(req).user, id, 'files');
       const path = checkPath((req.query as { path: string }).path);
       const { stat, proc } = await files.read(id, path);
       if (stat.type === 'file' && stat.size > cfg.filesMaxBytes) {
@@ -137,7 +143,7 @@ export async function registerExecApi(api: FastifyInstance, _ctx: AppContext, sv
       },
       async (req, reply) => {
         const id = (req.params as { id: string }).id;
-        authorizeExec(svc, principal(req).user, id);
+        authorizeExec(svc, principal(req).user, id, 'files');
         const q = req.query as { path: string; archive?: 'tar'; mode?: string };
         const path = checkPath(q.path);
         if (q.archive && q.mode) throw badRequest('mode applies to a single file, not to ?archive=tar', 'bad_request');
@@ -153,6 +159,7 @@ export async function registerExecApi(api: FastifyInstance, _ctx: AppContext, sv
 
 /** GET /api/weaver/:id/exec over WebSocket (Authorization header; refused before the upgrade). */
 export async function registerExecSocket(app: FastifyInstance, ctx: AppContext, svc: WeaverService, p: Provisioner): Promise<void> {
+  const targets = new WeakMap<FastifyRequest, Resource>();
   app.get(
     '/api/weaver/:id/exec',
     {
@@ -160,7 +167,7 @@ export async function registerExecSocket(app: FastifyInstance, ctx: AppContext, 
       schema: { params: IdParams },
       preValidation: async (req) => {
         req.principal = authenticate(ctx, bearerToken(req));
-        authorizeExec(svc, req.principal.user, (req.params as { id: string }).id);
+        targets.set(req, WeaverService.resource(authorizeExec(svc, req.principal.user, (req.params as { id: string }).id, 'exec')));
       },
     },
     async (socket: WebSocket, req: FastifyRequest) => {
@@ -176,8 +183,22 @@ export async function registerExecSocket(app: FastifyInstance, ctx: AppContext, 
         if (socket.readyState === socket.OPEN) socket.send(JSON.stringify({ type: 'error', code: le.code, message: le.message }));
         socket.close(le.status < 500 ? 4000 + le.status : 1011, le.code.slice(0, 100));
       };
+      const pr = principal(req);
+      const stopKeepalive = keepWebSocketAlive(socket, ctx.config.streams.pingSecs * 1000);
+      // Closing the socket kills the process: a revoked token or membership ends the exec too.
+      const unregister = ctx.streams.register(
+        {
+          close: (why) => {
+            if (socket.readyState === socket.OPEN) socket.send(JSON.stringify({ type: 'error', code: why.code, message: why.message }));
+            socket.close(WS_CLOSE_CODES[why.code], why.code);
+          },
+        },
+        { tokenId: pr.token.id, userId: pr.user.id, need: { action: 'exec', resource: targets.get(req)! } },
+      );
       socket.on('close', () => {
         closed = true;
+        stopKeepalive();
+        unregister();
         onClose?.();
       });
       socket.on('message', (data: Buffer, isBinary: boolean) => {
@@ -188,7 +209,7 @@ export async function registerExecSocket(app: FastifyInstance, ctx: AppContext, 
           try {
             const er = parseStartFrame(data, isBinary);
             // Checked again at start: the weaver may have stopped, or access gone, since the upgrade.
-            authorizeExec(svc, req.principal!.user, id);
+            authorizeExec(svc, pr.user, id, 'exec');
             const proc = await p.exec(id, er);
             if (closed) return proc.kill();
             const bridge = bridgeExec(proc, {

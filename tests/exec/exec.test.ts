@@ -38,6 +38,9 @@ t.test('exec in a running local weaver', async (t) => {
   // A team org where bob is a plain member; alice's weaver lives there.
   const team = await alice.post<{ id: string }>('/api/orgs', { name: `team-${randomBytes(3).toString('hex')}` });
   await alice.post(`/api/orgs/${team.id}/members`, { username: 'bob' });
+  const adamTok = await srv.token('adam');
+  await alice.post(`/api/orgs/${team.id}/members`, { username: 'adam', role: 'admin' });
+  const adam = new LoomClient({ serverUrl: srv.url, token: adamTok });
   const created = await alice.createWeaver({ org_id: team.id, env: { FROM_WEAVER: 'w' } });
   const w = await alice.waitUntilRunning(created.id);
   const id = w.id;
@@ -113,6 +116,7 @@ t.test('exec in a running local weaver', async (t) => {
   });
 
   await t.test('access: owner yes, plain member 403, another org 404, bad input 400', async (t) => {
+    t.equal((await adam.exec(id, ['true'])).exit_code, 0, 'an org admin may exec in a member\'s weaver');
     await t.rejects(bob.exec(id, ['true']), ForbiddenError, 'a plain member may not exec in the owner\'s weaver');
     await t.rejects(bob.execStream(id, ['true']), ForbiddenError, 'nor over the WebSocket');
     await t.rejects(mallory.exec(id, ['true']), NotFoundError, "another org's user gets 404");
@@ -126,6 +130,17 @@ t.test('exec in a running local weaver', async (t) => {
   await t.test('a bad start frame over the WebSocket is an error message, not a process', async (t) => {
     const s = await alice.execStream(id, ['ls'], { cwd: 'relative' });
     await t.rejects(s.exit, { code: 'bad_cwd' });
+  });
+
+  await t.test('revoking the token that opened an exec closes the stream and kills the process', async (t) => {
+    const extra = await alice.post<{ id: string; token: string }>('/api/tokens', { name: `exec-${randomBytes(3).toString('hex')}` });
+    const viaExtra = new LoomClient({ serverUrl: srv.url, token: extra.token });
+    const s = await viaExtra.execStream(id, ['sleep', '31339'], { stdin: false });
+    await waitUntil(async () => (await live(alice, id, /sleep 31339/)).length === 1 || null, 'sleep running');
+    await alice.delete(`/api/tokens/${extra.id}`);
+    await t.rejects(s.exit, { code: 'credential_revoked' });
+    await waitUntil(async () => (await live(alice, id, /sleep 31339/)).length === 0 || null, 'sleep gone');
+    t.pass('the process went with the credential');
   });
 
   await t.test('a weaver that is no longer running refuses exec with 409', async (t) => {
