@@ -220,8 +220,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A running exec over the WebSocket: separate stdout/stderr, stdin, resize, the exit code. */
 export class ExecSession {
-  readonly stdout = new Readable({ read: () => this.ws.resume() });
-  readonly stderr = new Readable({ read: () => this.ws.resume() });
+  // Large buffers: a 16 KiB default would pause the socket on nearly every frame.
+  readonly stdout = new Readable({ highWaterMark: 4 * 1024 * 1024, read: () => this.ws.resume() });
+  readonly stderr = new Readable({ highWaterMark: 4 * 1024 * 1024, read: () => this.ws.resume() });
   /** Resolves with the exit code; rejects with a LoomApiError when the command could not run. */
   readonly exit: Promise<number>;
 

@@ -97,7 +97,7 @@ export async function registerExecApi(api: FastifyInstance, ctx: AppContext, svc
       }
       // Ends the response with an error (a reset, not a clean end) when the tool fails mid-way.
       let sent = 0;
-      const out = new Readable({ read() { proc.stdout.resume(); } });
+      const out = new Readable({ highWaterMark: 1024 * 1024, read() { proc.stdout.resume(); } });
       proc.stdout.on('data', (b: Buffer) => {
         sent += b.length;
         if (sent > cfg.filesMaxBytes) {
@@ -213,7 +213,7 @@ export async function registerExecSocket(app: FastifyInstance, ctx: AppContext, 
             const proc = await p.exec(id, er);
             if (closed) return proc.kill();
             const bridge = bridgeExec(proc, {
-              sendBinary: (d) => socket.readyState === socket.OPEN && socket.send(d, { binary: true }),
+              sendBinary: (d, sent) => (socket.readyState === socket.OPEN ? socket.send(d, { binary: true }, () => sent?.()) : sent?.()),
               sendText: (m) => socket.readyState === socket.OPEN && socket.send(JSON.stringify(m)),
               close: (code, reason) => socket.close(code, reason),
               buffered: () => socket.bufferedAmount,

@@ -133,7 +133,8 @@ export async function execOneShot(p: Provisioner, id: string, req: ExecRequest, 
 
 /** What the WebSocket route needs from a socket (kept small so the session is testable). */
 export interface ExecSocket {
-  sendBinary(data: Buffer): void;
+  /** `sent` is called once the frame has left (ws's send callback). */
+  sendBinary(data: Buffer, sent?: () => void): void;
   sendText(msg: Record<string, unknown>): void;
   close(code: number, reason: string): void;
   /** Bytes queued but not yet sent (ws.bufferedAmount), for backpressure. */
@@ -153,12 +154,14 @@ export function bridgeExec(proc: ExecProcess, sock: ExecSocket): { onFrame(data:
   const forward = (tag: number, s: NodeJS.ReadableStream) => {
     s.on('data', (b: Buffer) => {
       if (ended) return;
-      sock.sendBinary(Buffer.concat([Buffer.from([tag]), b]));
+      const frame = Buffer.allocUnsafe(b.length + 1);
+      frame[0] = tag;
+      b.copy(frame, 1);
       if (sock.buffered() > HIGH_WATER) {
+        // Backpressure: the process waits (its pipe fills) until the socket has sent this frame.
         s.pause();
-        const wait = () => (sock.buffered() > HIGH_WATER / 4 && !ended ? setTimeout(wait, 2) : s.resume());
-        setTimeout(wait, 2);
-      }
+        sock.sendBinary(frame, () => s.resume());
+      } else sock.sendBinary(frame);
     });
   };
   forward(STDOUT_TAG, proc.stdout);
