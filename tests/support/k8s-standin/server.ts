@@ -17,7 +17,7 @@
  */
 import http from 'node:http';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, mkdirSync, copyFileSync, symlinkSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, copyFileSync, symlinkSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo, Socket } from 'node:net';
@@ -108,6 +108,9 @@ export interface RequestRecord {
   path: string;
   query: Record<string, string>;
 }
+
+/** chroot(8) lives in /usr/sbin, which a test's PATH may lack. */
+const CHROOT = ['/usr/sbin/chroot', '/usr/bin/chroot', '/sbin/chroot'].find((p) => existsSync(p)) ?? 'chroot';
 
 const clone = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T;
 const now = (): string => new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
@@ -779,12 +782,16 @@ export class K8sStandin {
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       const protocol = ws.protocol || 'channel.k8s.io';
       this.execs.push({ pod: name, command, tty: false, stdin: flag('stdin'), protocol });
-      const child = spawn('chroot', [root, ...command], { stdio: [flag('stdin') ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: { PATH: '/bin', HOME: '/workspace' }, cwd: root });
+      const child = spawn(CHROOT, [root, ...command], { stdio: [flag('stdin') ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: { PATH: '/bin', HOME: '/workspace' }, cwd: root });
       this.execChildren.add(child);
       const send = (ch: number, b: Buffer) => ws.readyState === ws.OPEN && ws.send(Buffer.concat([Buffer.from([ch]), b]));
       child.stdout!.on('data', (b: Buffer) => send(1, b));
       child.stderr!.on('data', (b: Buffer) => (flag('stderr') ? send(2, b) : send(1, b)));
       child.stdin?.on('error', () => undefined);
+      child.on('error', (e) => {
+        send(3, Buffer.from(JSON.stringify({ metadata: {}, status: 'Failure', message: e.message, reason: 'InternalError' })));
+        ws.close(1000);
+      });
       child.on('close', (code, signal) => {
         this.execChildren.delete(child);
         const exit = code ?? 128 + (signal ? 9 : 0);
