@@ -139,6 +139,8 @@ export class LocalProvisioner implements Provisioner {
     this.runtime = new ContainerRuntime(info, join(this.base, 'runc'));
     this.relay = await ensureAttachRelay();
     this.execHelper = await ensureExecHelper();
+    // Per-exec scratch files of a previous run (its helpers died with it: PR_SET_PDEATHSIG).
+    await fsp.rm(join(this.base, 'x'), { recursive: true, force: true });
     this.toolboxSource = await findStaticBusybox().catch(() => null);
     this.startExitWatcher();
     this.log.info({ runtime: info.name, version: info.version, relay: this.relay.cmd }, 'local backend ready');
