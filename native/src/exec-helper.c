@@ -269,16 +269,7 @@ int main(int argc, char **argv) {
       if (n > 0) errlen += (size_t)n;
       else { close(errp[0]); errp[0] = -1; }
     }
-    if (i_in >= 0 && p[i_in].revents) {
-      ssize_t n = read(0, buf, sizeof buf);
-      if (n <= 0) in_open = 0; /* a terminal has no end of input; the process decides when to stop */
-      else write_all(master, buf, (size_t)n);
-    }
-    if (i_m >= 0 && p[i_m].revents) {
-      ssize_t n = read(master, buf, sizeof buf);
-      if (n > 0) { if (write_all(1, buf, (size_t)n) < 0) { out_open = 0; } }
-      else if (n == 0 || (errno != EAGAIN && errno != EINTR)) out_open = 0; /* EIO: every slave fd is closed */
-    }
+    /* Resizes first: a resize sent before some input must apply before the program reads it. */
     if (i_ctl >= 0 && p[i_ctl].revents) {
       ssize_t n = read(ctl_fd, ctlbuf + ctllen, sizeof ctlbuf - 1 - ctllen);
       if (n <= 0) {
@@ -296,6 +287,16 @@ int main(int argc, char **argv) {
         }
         if (ctllen == sizeof ctlbuf - 1) ctllen = 0;
       }
+    }
+    if (i_in >= 0 && p[i_in].revents) {
+      ssize_t n = read(0, buf, sizeof buf);
+      if (n <= 0) in_open = 0; /* a terminal has no end of input; the process decides when to stop */
+      else write_all(master, buf, (size_t)n);
+    }
+    if (i_m >= 0 && p[i_m].revents) {
+      ssize_t n = read(master, buf, sizeof buf);
+      if (n > 0) { if (write_all(1, buf, (size_t)n) < 0) { out_open = 0; } }
+      else if (n == 0 || (errno != EAGAIN && errno != EINTR)) out_open = 0; /* EIO: every slave fd is closed */
     }
   }
   report("exit %ld\n", NULL, exit_code);
