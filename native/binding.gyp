@@ -14,6 +14,12 @@
       "type": "executable",
       "sources": ["src/attach-relay.c"],
       "cflags": ["-O2", "-Wall", "-Wextra"]
+    },
+    {
+      "target_name": "loom-exec",
+      "type": "executable",
+      "sources": ["src/exec-helper.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -83,6 +83,7 @@ buildNpmPackage {
     # The compiled addons load with the packaged node.
     ( cd $out/lib/node_modules/loom && ${nodejs_20}/bin/node -e 'require("better-sqlite3"); require("argon2"); require("./native/build/Release/loom_native.node")' )
     test -x $out/lib/node_modules/loom/native/build/Release/loom-attach-relay
+    test -x $out/lib/node_modules/loom/native/build/Release/loom-exec
     runHook postInstallCheck
   '';
 

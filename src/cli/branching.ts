@@ -7,7 +7,7 @@ import { Command, Option } from 'commander';
 import { createReadStream, statSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { CliError, type ApiClient } from './client.js';
-import type { Operation } from '../branching/store.js';
+import type { CreateContainerRequest, ForkRequest, Operation } from '../client/index.js';
 import { client, globals } from './context.js';
 import { Progress, interactive, printJson, printTable, progressBar } from './output.js';
 
@@ -57,7 +57,7 @@ const enc = encodeURIComponent;
 /** A container by id, unique id prefix or name; else a local weaver by id or prefix; else as given. */
 async function resolveTarget(api: ApiClient, ref: string, weavers = true): Promise<string> {
   if (UUID_RE.test(ref)) return ref;
-  const { containers } = await api.get<{ containers: ContainerView[] }>('/api/containers');
+  const containers: ContainerView[] = await api.listContainers();
   const byName = containers.filter((c) => c.name === ref);
   if (byName.length === 1) return byName[0]!.id;
   if (byName.length > 1) throw new CliError(`container name "${ref}" is ambiguous; use its id`);
@@ -65,8 +65,8 @@ async function resolveTarget(api: ApiClient, ref: string, weavers = true): Promi
   if (hits.length === 1) return hits[0]!.id;
   if (hits.length > 1) throw new CliError(`container id prefix "${ref}" is ambiguous`);
   if (weavers) {
-    const ws = await api.get<{ weavers: { id: string }[] }>('/api/weavers').catch(() => ({ weavers: [] as { id: string }[] }));
-    const wh = ws.weavers.filter((w) => w.id.startsWith(ref));
+    const ws = await api.listWeavers().catch(() => [] as { id: string }[]);
+    const wh = ws.filter((w) => w.id.startsWith(ref));
     if (wh.length === 1) return wh[0]!.id;
   }
   throw new CliError(`container "${ref}" not found`);
@@ -74,7 +74,7 @@ async function resolveTarget(api: ApiClient, ref: string, weavers = true): Promi
 
 async function resolveSnapshot(api: ApiClient, ref: string): Promise<string> {
   if (UUID_RE.test(ref)) return ref;
-  const { snapshots } = await api.get<{ snapshots: SnapshotView[] }>('/api/snapshots');
+  const snapshots: SnapshotView[] = await api.listSnapshots();
   const hits = snapshots.filter((s) => s.snapshot_id.startsWith(ref));
   if (hits.length === 1) return hits[0]!.snapshot_id;
   if (hits.length > 1) throw new CliError(`snapshot id prefix "${ref}" is ambiguous`);
@@ -99,10 +99,10 @@ function positiveInt(v: string, what: string): number {
 /** Follows an operation until it is final (long-polling), with a progress bar on a terminal. */
 export async function waitOperation(api: ApiClient, id: string, json: boolean): Promise<OperationView> {
   const progress = new Progress(interactive(json));
-  let op = await api.get<OperationView>(`/api/operations/${enc(id)}`);
+  let op: OperationView = await api.getOperation(id);
   while (!FINAL.has(op.status)) {
     progress.update(`${op.operation_type} ${short(op.operation_id)} ${op.status.padEnd(8)} ${progressBar(op.progress_pct)}`);
-    op = await api.get<OperationView>(`/api/operations/${enc(id)}?wait=0.5`);
+    op = await api.getOperation(id, 0.5);
   }
   progress.done();
   return op;
@@ -149,7 +149,7 @@ export function registerBranchingCommands(program: Command): void {
     if (o.ttl !== undefined) body.ttl_seconds = positiveInt(o.ttl, '--ttl');
     if (o.label.length) body.labels = parseLabels(o.label);
     if (o.idempotencyKey) body.idempotency_key = o.idempotencyKey;
-    await report(api, cmd, await api.post<OperationView>(`/api/containers/${enc(id)}/snapshot`, body), !!o.wait);
+    await report(api, cmd, await api.snapshot(id, body), !!o.wait);
   };
   const snapOptions = (c: Command) =>
     c
@@ -203,7 +203,7 @@ export function registerBranchingCommands(program: Command): void {
     .option('--json', 'output JSON')
     .action(async (ref: string, _o: unknown, cmd: Command) => {
       const api = client(cmd);
-      const s = await api.get<SnapshotView>(`/api/snapshots/${enc(await resolveSnapshot(api, ref))}`);
+      const s: SnapshotView = await api.getSnapshot(await resolveSnapshot(api, ref));
       if (globals(cmd).json) return printJson(s);
       for (const [k, v] of Object.entries(s)) process.stdout.write(`${k.padEnd(19)} ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
     });
@@ -215,7 +215,7 @@ export function registerBranchingCommands(program: Command): void {
     .option('--json', 'output JSON')
     .action(async (ref: string, _o: unknown, cmd: Command) => {
       const api = client(cmd);
-      const l = await api.get<LineageView>(`/api/snapshots/${enc(await resolveSnapshot(api, ref))}/lineage`);
+      const l: LineageView = await api.lineage(await resolveSnapshot(api, ref));
       if (globals(cmd).json) return printJson(l);
       printTable(['DEPTH', 'SNAPSHOT', 'PARENT', 'CONTAINER', 'CREATED'], l.lineage.map((n) => [String(n.depth), n.snapshot_id, n.parent_snapshot_id ?? '-', n.container_id, n.created_at]));
       if (l.weavers?.length) {
@@ -245,7 +245,7 @@ export function registerBranchingCommands(program: Command): void {
     .action(async (ref: string, _o: unknown, cmd: Command) => {
       const api = client(cmd);
       const id = await resolveSnapshot(api, ref);
-      await api.delete(`/api/snapshots/${enc(id)}`);
+      await api.deleteSnapshot(id);
       process.stdout.write(`snapshot ${id} deleted\n`);
     });
 
@@ -263,7 +263,7 @@ export function registerBranchingCommands(program: Command): void {
       const api = client(cmd);
       const id = await resolveTarget(api, ref);
       const body: Record<string, unknown> = { resume_policy: o.resume, consistency_mode: o.consistency, ...(o.name ? { name: o.name } : {}) };
-      await report(api, cmd, await api.post<OperationView>(`/api/containers/${enc(id)}/fork`, body), !!o.wait);
+      await report(api, cmd, await api.fork(id, body), !!o.wait);
     });
 
   program
@@ -277,7 +277,7 @@ export function registerBranchingCommands(program: Command): void {
     .action(async (ref: string, o: { resume: string; name?: string; wait?: boolean }, cmd: Command) => {
       const api = client(cmd);
       const id = await resolveSnapshot(api, ref);
-      await report(api, cmd, await api.post<OperationView>(`/api/snapshots/${enc(id)}/clone`, { resume_policy: o.resume, ...(o.name ? { name: o.name } : {}) }), !!o.wait);
+      await report(api, cmd, await api.clone(id, { resume_policy: o.resume as ForkRequest['resume_policy'], ...(o.name ? { name: o.name } : {}) }), !!o.wait);
     });
 
   program
@@ -288,7 +288,7 @@ export function registerBranchingCommands(program: Command): void {
     .option('--json', 'output JSON')
     .action(async (id: string, o: { wait?: boolean }, cmd: Command) => {
       const api = client(cmd);
-      const op = await api.get<OperationView>(`/api/operations/${enc(id)}`);
+      const op: OperationView = await api.getOperation(id);
       if (!o.wait && !globals(cmd).json) {
         process.stdout.write(`${describe(op)}\n  progress ${op.progress_pct}%\n`);
         if (op.reason_code) process.stdout.write(`  reason ${op.reason_code}: ${op.reason_message ?? ''}\n`);
@@ -322,7 +322,7 @@ export function registerBranchingCommands(program: Command): void {
     .option('--json', 'output JSON')
     .action(async (ref: string, _o: unknown, cmd: Command) => {
       const api = client(cmd);
-      const c = await api.get<ContainerView>(`/api/containers/${enc(await resolveTarget(api, ref, false))}`);
+      const c: ContainerView = await api.getContainer(await resolveTarget(api, ref, false));
       if (globals(cmd).json) return printJson(c);
       for (const [k, v] of Object.entries(c)) process.stdout.write(`${k.padEnd(19)} ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
     });
@@ -375,7 +375,7 @@ export function registerBranchingCommands(program: Command): void {
       if (o.image !== undefined) body.image = o.image;
       if (o.env.length) body.env = parseLabels(o.env);
       if (o.org) body.org_id = o.org;
-      await report(api, cmd, await api.post<OperationView>('/api/containers', body), !!o.wait);
+      await report(api, cmd, await api.createContainer(body as unknown as CreateContainerRequest), !!o.wait);
     });
 
   for (const [name, what] of [['kill', 'stop the container\'s processes (its rootfs stays)'], ['resume', 'start a created or stopped container'], ['rm', 'stop and delete a container and its rootfs']] as const) {
@@ -388,7 +388,7 @@ export function registerBranchingCommands(program: Command): void {
       .action(async (ref: string, o: { wait?: boolean }, cmd: Command) => {
         const api = client(cmd);
         const id = await resolveTarget(api, ref, false);
-        const op = name === 'rm' ? await api.delete<OperationView>(`/api/containers/${enc(id)}`) : await api.post<OperationView>(`/api/containers/${enc(id)}/${name}`);
+        const op: OperationView = await api.containerAction(id, name);
         await report(api, cmd, op, !!o.wait);
       });
   }

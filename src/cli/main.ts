@@ -7,6 +7,7 @@ import { registerOrgCommands } from './org.js';
 import { registerWeaverCommands } from './weaver.js';
 import { registerImageCommands } from './image.js';
 import { registerBranchingCommands } from './branching.js';
+import { registerExecCommands } from './exec.js';
 
 // `loom weaver ps | head -1`: the reader went away; there is nobody left to tell, so exit quietly.
 for (const stream of [process.stdout, process.stderr]) {
@@ -28,6 +29,7 @@ registerOrgCommands(program);
 registerWeaverCommands(program);
 registerImageCommands(program);
 registerBranchingCommands(program);
+registerExecCommands(program);
 
 function fail(message: string, code = 1): never {
   process.stderr.write(`loom: ${message}\n`);

@@ -44,7 +44,7 @@ function parseKeyValues(items: string[], what: string, keyRe: RegExp): Record<st
 /** Accepts a full id or a unique prefix of one of the user's weavers. */
 export async function resolveWeaverId(api: ApiClient, ref: string): Promise<string> {
   if (/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(ref)) return ref;
-  const { weavers } = await api.get<{ weavers: WeaverView[] }>('/api/weavers');
+  const weavers = await api.listWeavers();
   const hits = weavers.filter((w) => w.id.startsWith(ref));
   if (hits.length === 1) return hits[0]!.id;
   if (hits.length > 1) throw new CliError(`weaver id prefix "${ref}" is ambiguous`);
@@ -138,7 +138,7 @@ export function registerWeaverCommands(program: Command): void {
         ...(opts.fromSnapshot ? { from_snapshot: opts.fromSnapshot } : {}),
       };
       const started = Date.now();
-      const w = await api.post<WeaverView>('/api/weaver', body);
+      const w: WeaverView = await api.createWeaver(body);
       await waitAndAttach(api, w, started, g.json, !!opts.detach);
     });
 
@@ -204,7 +204,7 @@ export function registerWeaverCommands(program: Command): void {
     .description('list weavers of your orgs')
     .option('--json', 'output JSON')
     .action(async (_o, cmd: Command) => {
-      const { weavers } = await client(cmd).get<{ weavers: WeaverView[]; count: number }>('/api/weavers');
+      const weavers: WeaverView[] = await client(cmd).listWeavers();
       if (globals(cmd).json) return printJson(weavers);
       const now = Date.now();
       printTable(
@@ -228,7 +228,7 @@ export function registerWeaverCommands(program: Command): void {
     .action(async (ref: string, _o, cmd: Command) => {
       const api = client(cmd);
       const id = await resolveWeaverId(api, ref);
-      await api.delete(`/api/weaver/${id}`);
+      await api.deleteWeaver(id);
       process.stdout.write(`Deleted ${id}\n`);
     });
 

@@ -7,6 +7,7 @@ import { WeaverService } from './service.js';
 import { WeaverStore } from './store.js';
 import { WeaverMetrics } from './metrics.js';
 import { registerWeaverApi, registerWeaverAttach } from './routes.js';
+import { registerExecApi, registerExecSocket } from './exec-routes.js';
 
 export interface BackendHandle {
   provisioner: Provisioner;
@@ -56,10 +57,12 @@ export async function weaverComponent(config: Config, log: Logger, backend?: Bac
     },
     async registerApi(api, ctx) {
       await registerWeaverApi(api, ctx, service());
+      await registerExecApi(api, ctx, service(), b.provisioner, config.weaver);
       if (b.registerApi) await b.registerApi(api, ctx);
     },
     async registerPublic(app, ctx) {
       await registerWeaverAttach(app, ctx, service());
+      await registerExecSocket(app, ctx, service(), b.provisioner);
     },
     async stop() {
       await svc?.stop();

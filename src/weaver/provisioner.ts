@@ -74,6 +74,45 @@ export interface TerminalStream {
   close(): void;
 }
 
+/** A command to run in a running weaver (argv, never a shell string). Already validated. */
+export interface ExecRequest {
+  command: string[];
+  /** Added to (and overriding) the weaver's own environment. */
+  env?: Record<string, string>;
+  /** Working directory inside the weaver; the weaver's own when absent. */
+  cwd?: string;
+  /** A terminal: output arrives on stdout only (a tty merges the streams), resize works. */
+  tty: boolean;
+  /** Give the process a stdin; otherwise it reads /dev/null. */
+  stdin: boolean;
+  cols?: number;
+  rows?: number;
+}
+
+/** How an exec ended: the exit code (128+signal when killed), or why it never ran. */
+export interface ExecExit {
+  exitCode: number;
+  /** Set when the command could not be started (e.g. not found: exit code 127). */
+  error?: string;
+}
+
+/**
+ * One process started by exec. Unlike TerminalStream it keeps stdout and stderr apart and ends
+ * with an exit code. Node streams, so callers get backpressure (a 100 MB upload, 50 MB of output).
+ */
+export interface ExecProcess {
+  /** null unless ExecRequest.stdin; end() it to close the process's stdin. */
+  readonly stdin: NodeJS.WritableStream | null;
+  readonly stdout: NodeJS.ReadableStream;
+  /** Stays empty with a tty. */
+  readonly stderr: NodeJS.ReadableStream;
+  /** Settles once the process has exited and stdout/stderr have ended. Never rejects. */
+  readonly exit: Promise<ExecExit>;
+  resize(cols: number, rows: number): void;
+  /** Kills the process and everything it started in the weaver (exit code 137). */
+  kill(): void;
+}
+
 export interface LogOptions {
   /** Number of lines from the end to start with; undefined means all. */
   tail?: number;
@@ -106,6 +145,17 @@ export interface Provisioner {
   delete(id: string): Promise<void>;
   attach(id: string, size?: { cols: number; rows: number }): Promise<TerminalStream>;
   logs(id: string, opts: LogOptions): AsyncIterable<Buffer>;
+  /**
+   * Runs a process inside a running weaver: its namespaces and cgroup, as its user. Resolves
+   * once the process is started (or could not be: then `exit` carries the error).
+   */
+  exec(id: string, req: ExecRequest): Promise<ExecProcess>;
+  /**
+   * The argv prefix of a POSIX toolbox (sh, cat, tar, stat, mv, rm, mkdir) inside the weaver,
+   * used by the files API: e.g. ['/.loom/busybox'] where the backend mounts one, [] to use the
+   * image's own tools from PATH.
+   */
+  toolbox(id: string): string[];
   /** Status changes pushed by the backend (conmon exit files, a pod informer). Returns an unsubscribe. */
   watch(listener: StatusListener): () => void;
   /** Called once at start with the ids of every weaver the store has not ended. */

@@ -14,9 +14,12 @@ import type {
   ReconcileReport,
   StatusListener,
   TerminalStream,
+  ExecProcess,
+  ExecRequest,
   WeaverSpec,
 } from '../../weaver/provisioner.js';
 import { attachPod } from './attach.js';
+import { execPod } from './exec.js';
 import { apiServerUrl, describeApiError, isNotFound, loadKubeConfig, withTimeout } from './client.js';
 import { MAIN_CONTAINER, MANAGED_SELECTOR, podName } from './labels.js';
 import { streamPodLog } from './logs.js';
@@ -360,6 +363,18 @@ export class KubernetesProvisioner implements Provisioner {
     this.streams.add(stream);
     stream.onClose(() => this.streams.delete(stream));
     return stream;
+  }
+
+  async exec(id: string, req: ExecRequest): Promise<ExecProcess> {
+    const w = await this.get(id);
+    if (!w) throw new LoomError(404, 'not_found', `weaver ${id} has no pod`);
+    if (w.status !== 'running') throw new LoomError(409, 'weaver_not_running', `weaver ${id} is ${w.status}${w.reason ? ` (${w.reason})` : ''}; exec needs it running`);
+    return execPod({ kc: this.kc, namespace: this.namespace, pod: podName(id), container: MAIN_CONTAINER, req });
+  }
+
+  /** The image's own tools (sh, cat, tar, stat) from PATH: the pod's filesystem is only reachable through exec. */
+  toolbox(): string[] {
+    return [];
   }
 
   logs(id: string, opts: LogOptions): AsyncIterable<Buffer> {

@@ -15,7 +15,7 @@ export const DEFAULT_LOCAL_IMAGE = 'loom/default:latest';
 
 const BUSYBOX_CANDIDATES = ['/bin/busybox', '/usr/bin/busybox'];
 
-async function findStaticBusybox(): Promise<string> {
+export async function findStaticBusybox(): Promise<string> {
   for (const p of BUSYBOX_CANDIDATES) {
     if (!(await exists(p))) continue;
     const f = await run('file', ['-L', p]).catch(() => null);

@@ -18,10 +18,11 @@ import { LoomError, errorMessage } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { WeaverConfig } from '../../server/config/load.js';
 import type {
-  BackendHealth, BackendWeaver, LayerSnapshotResult, LogOptions, Provisioner, ReconcileReport, StatusListener, TerminalStream, WeaverSpec,
+  BackendHealth, BackendWeaver, ExecProcess, ExecRequest, LayerSnapshotResult, LogOptions, Provisioner, ReconcileReport, StatusListener, TerminalStream, WeaverSpec,
 } from '../../weaver/provisioner.js';
+import { ensureExecHelper, localExec } from './exec.js';
 import { ensureAttachRelay, openTerminalStream, type RelayCommand } from './attach.js';
-import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage } from './default-image.js';
+import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage, findStaticBusybox } from './default-image.js';
 import { cloneRepo, repoName, type GitOptions } from './git.js';
 import { ImageStore, isValidRef, sharedImageStore, type ImageRunConfig } from './images.js';
 import { startSlirp, stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './network.js';
@@ -90,6 +91,9 @@ export const hostnameFor = (id: string): string => `weaver-${id.replace(/[^a-z0-
 
 const FINAL = new Set(['succeeded', 'failed']);
 
+/** Where every local weaver sees the read-only static busybox the files API runs. */
+export const TOOLBOX = '/.loom/busybox';
+
 export class LocalProvisioner implements Provisioner {
   readonly name = 'local' as const;
   readonly base: string;
@@ -104,6 +108,8 @@ export class LocalProvisioner implements Provisioner {
   private runtime: ContainerRuntime | null = null;
   private layerStore: OverlaySnapshotter | null = null;
   private relay: RelayCommand | null = null;
+  private execHelper: string | null = null;
+  private toolboxSource: string | null = null;
   private readonly listeners = new Set<StatusListener>();
   private readonly live = new Map<string, Live>();
   private readonly lastEmitted = new Map<string, string>();
@@ -122,6 +128,15 @@ export class LocalProvisioner implements Provisioner {
     this.exitDir = join(this.base, 'exits');
     this.images = sharedImageStore(opts.dataDir, this.log, opts.pullTimeoutMs ?? 20_000);
     this.materializer = opts.materializer ?? new OverlayMaterializer();
+    // The files API's tools: the host's static busybox, read-only at TOOLBOX in every weaver, so
+    // file transfers work the same whatever the image ships (even an image without a shell).
+    this.hooks.add({
+      name: 'toolbox',
+      spec: (ctx, oci) => {
+        if (ctx.kind !== 'weaver' || !this.toolboxSource) return;
+        oci.mounts.push({ destination: TOOLBOX, type: 'bind', source: this.toolboxSource, options: ['bind', 'ro', 'nosuid', 'nodev'] });
+      },
+    });
   }
 
   /** The ContainerRuntime in use (after start()); the branching feature can share it. */
@@ -148,6 +163,10 @@ export class LocalProvisioner implements Provisioner {
     if (thawed.thawed.length) this.log.warn({ weavers: thawed.thawed }, 'thawed weavers left frozen by an interrupted snapshot');
     for (const f of thawed.failed) this.log.error({ weaver: f.id, err: f.error }, 'thawing a weaver left frozen failed');
     this.relay = await ensureAttachRelay();
+    this.execHelper = await ensureExecHelper();
+    // Per-exec scratch files of a previous run (its helpers died with it: PR_SET_PDEATHSIG).
+    await fsp.rm(join(this.base, 'x'), { recursive: true, force: true });
+    this.toolboxSource = await findStaticBusybox().catch(() => null);
     this.startExitWatcher();
     this.log.info({ runtime: info.name, version: info.version, relay: this.relay.cmd }, 'local backend ready');
     if (this.opts.prepareDefaultImage !== false) await this.ensureDefault();
@@ -510,6 +529,22 @@ export class LocalProvisioner implements Provisioner {
         return undefined;
       },
     });
+  }
+
+  async exec(id: string, req: ExecRequest): Promise<ExecProcess> {
+    await this.start();
+    const dir = this.dir(id);
+    // A weaver we watch as running needs no `runc state` round trip (runc exec refuses a stopped one anyway).
+    if (this.live.get(id)?.status !== 'running') {
+      const w = await this.get(id);
+      if (!w) throw new LoomError(404, 'not_found', `weaver ${id} not found`);
+      if (w.status !== 'running') throw new LoomError(409, 'weaver_not_running', `weaver ${id} is ${w.status}${w.reason ? ` (${w.reason})` : ''}`);
+    }
+    return localExec({ runtime: this.rt(), helper: this.execHelper!, id, bundle: dir, scratchRoot: join(this.base, 'x'), req });
+  }
+
+  toolbox(): string[] {
+    return [TOOLBOX];
   }
 
   logs(id: string, opts: LogOptions): AsyncIterable<Buffer> {

@@ -51,6 +51,9 @@ export interface WeaverConfig {
   diskMaxBytes: number;
   diskCheckSecs: number;
   git: { allowedNetworks: string[]; maxBytes: number; timeoutSecs: number; caFile: string };
+  execTimeoutSecs: number;
+  execOutputMaxBytes: number;
+  filesMaxBytes: number;
   audit: {
     enabled: boolean;
     image: string;
@@ -212,6 +215,9 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
         timeoutSecs: get<number>('LOOM_SERVER_WEAVER_GIT_TIMEOUT_SECS'),
         caFile: get<string>('LOOM_SERVER_WEAVER_GIT_CA_FILE'),
       },
+      execTimeoutSecs: get<number>('LOOM_SERVER_WEAVER_EXEC_TIMEOUT_SECS'),
+      execOutputMaxBytes: get<number>('LOOM_SERVER_WEAVER_EXEC_OUTPUT_MAX_BYTES'),
+      filesMaxBytes: get<number>('LOOM_SERVER_WEAVER_FILES_MAX_BYTES'),
       audit: {
         enabled: get<boolean>('LOOM_SERVER_WEAVER_AUDIT_ENABLED'),
         image: get<string>('LOOM_SERVER_WEAVER_AUDIT_IMAGE'),

@@ -16,6 +16,10 @@
  * containing "does-not-exist"), and tests can drive any pod state directly.
  */
 import http from 'node:http';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, mkdirSync, copyFileSync, symlinkSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { AddressInfo, Socket } from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
 import { Pod } from 'kubernetes-models/v1';
@@ -106,6 +110,9 @@ export interface RequestRecord {
   query: Record<string, string>;
 }
 
+/** chroot(8) lives in /usr/sbin, which a test's PATH may lack. */
+const CHROOT = ['/usr/sbin/chroot', '/usr/bin/chroot', '/sbin/chroot'].find((p) => existsSync(p)) ?? 'chroot';
+
 const clone = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T;
 const now = (): string => new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
 
@@ -161,6 +168,11 @@ export class K8sStandin {
   readonly stdin = new Map<string, Buffer[]>();
   /** Subprotocol negotiated by each attach connection, in order. */
   readonly attachProtocols: string[] = [];
+  /** Every exec: pod, argv, flags and negotiated subprotocol, in order. */
+  readonly execs: { pod: string; command: string[]; tty: boolean; stdin: boolean; protocol: string }[] = [];
+  /** Each pod's root filesystem for exec (a busybox chroot made on first use; the stand-in's "container"). */
+  private readonly podRoots = new Map<string, string>();
+  private readonly execChildren = new Set<ChildProcess>();
   /** Fault injection: the next create stores the pod, then answers 500 (a half-created pod). */
   failNextCreateAfterStore = false;
   /** Pods allowed in each namespace (a ResourceQuota on pods); undefined = unlimited. */
@@ -419,6 +431,8 @@ export class K8sStandin {
     this.dropWatches();
     for (const set of this.logFollowers.values()) for (const r of set) r.end();
     for (const set of this.attaches.values()) for (const a of set) a.ws.terminate();
+    for (const c of this.execChildren) c.kill('SIGKILL');
+    for (const d of this.podRoots.values()) rmSync(d, { recursive: true, force: true });
     this.wss.close();
     await new Promise<void>((resolve) => {
       this.server.close(() => resolve());
@@ -430,7 +444,7 @@ export class K8sStandin {
 
   private pickProtocol(offered: Set<string>): string | false {
     // Offered in client preference order; the stand-in speaks v4 and v1 of the channel protocol.
-    for (const p of offered) if (p === 'v4.channel.k8s.io' || p === 'channel.k8s.io') return p;
+    for (const p of offered) if (p === 'v5.channel.k8s.io' || p === 'v4.channel.k8s.io' || p === 'channel.k8s.io') return p;
     return false;
   }
 
@@ -741,6 +755,8 @@ export class K8sStandin {
       socket.end(`HTTP/1.1 ${code} ${http.STATUS_CODES[code]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(data)}\r\nconnection: close\r\n\r\n${data}`);
     };
     if (!this.authorized(req)) return refuse(401, status(401, 'Unauthorized', 'Unauthorized'));
+    const ex = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/exec$/.exec(url.pathname);
+    if (ex) return this.exec(req, socket, head, decodeURIComponent(ex[1]), decodeURIComponent(ex[2]), url, refuse);
     const m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/attach$/.exec(url.pathname);
     if (!m) return refuse(404, status(404, 'NotFound', 'the server could not find the requested resource'));
     const ns = decodeURIComponent(m[1]);
@@ -779,6 +795,73 @@ export class K8sStandin {
           arr.push(JSON.parse(payload.toString('utf8')) as { Width: number; Height: number });
           this.resizes.set(name, arr);
         }
+      });
+    });
+  }
+
+  /** A pod's root filesystem: busybox and its applets in a private directory, /workspace and /tmp. */
+  private podRoot(name: string): string {
+    let d = this.podRoots.get(name);
+    if (d) return d;
+    d = mkdtempSync(join(tmpdir(), 'k8s-standin-pod-'));
+    for (const sub of ['bin', 'etc', 'workspace', 'tmp', 'dev']) mkdirSync(join(d, sub), { recursive: true });
+    chmodSync(join(d, 'tmp'), 0o1777);
+    copyFileSync('/bin/busybox', join(d, 'bin/busybox'));
+    chmodSync(join(d, 'bin/busybox'), 0o755);
+    for (const applet of execFileSync('/bin/busybox', ['--list'], { encoding: 'utf8' }).split('\n').filter(Boolean)) {
+      if (applet !== 'busybox') symlinkSync('busybox', join(d, 'bin', applet));
+    }
+    writeFileSync(join(d, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+    writeFileSync(join(d, 'etc/secret'), 'pod-secret\n');
+    this.podRoots.set(name, d);
+    return d;
+  }
+
+  /**
+   * The exec subresource: the command runs chrooted in the pod's root filesystem (a stand-in for
+   * the container), stdout on channel 1, stderr on channel 2, stdin from channel 0, v5's close
+   * (255) ends stdin, and the exit status arrives on channel 3 as the kubelet sends it.
+   * No tty here: the stand-in refuses tty exec with 400.
+   */
+  private exec(req: http.IncomingMessage, socket: Socket, head: Buffer, ns: string, name: string, url: URL, refuse: (code: number, body: unknown) => void): void {
+    const p = this.pods.get(`${ns}/${name}`);
+    if (!p) return refuse(404, status(404, 'NotFound', `pods "${name}" not found`));
+    const container = url.searchParams.get('container') ?? p.spec.containers[0].name;
+    const st = (p.status?.containerStatuses ?? []).find((c) => c.name === container);
+    if (!st?.state.running) return refuse(400, status(400, 'BadRequest', `unable to upgrade connection: container ${container} not found in pod ${name}, or not running`));
+    const command = url.searchParams.getAll('command');
+    if (command.length === 0) return refuse(400, status(400, 'BadRequest', 'you must specify at least one command for the container'));
+    const flag = (k: string) => ['true', '1'].includes(url.searchParams.get(k) ?? '');
+    if (flag('tty')) return refuse(400, status(400, 'BadRequest', 'tty exec is not scripted in the stand-in'));
+    const root = this.podRoot(name);
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      const protocol = ws.protocol || 'channel.k8s.io';
+      this.execs.push({ pod: name, command, tty: false, stdin: flag('stdin'), protocol });
+      const child = spawn(CHROOT, [root, ...command], { stdio: [flag('stdin') ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: { PATH: '/bin', HOME: '/workspace' }, cwd: root });
+      this.execChildren.add(child);
+      const send = (ch: number, b: Buffer) => ws.readyState === ws.OPEN && ws.send(Buffer.concat([Buffer.from([ch]), b]));
+      child.stdout!.on('data', (b: Buffer) => send(1, b));
+      child.stderr!.on('data', (b: Buffer) => (flag('stderr') ? send(2, b) : send(1, b)));
+      child.stdin?.on('error', () => undefined);
+      child.on('error', (e) => {
+        send(3, Buffer.from(JSON.stringify({ metadata: {}, status: 'Failure', message: e.message, reason: 'InternalError' })));
+        ws.close(1000);
+      });
+      child.on('close', (code, signal) => {
+        this.execChildren.delete(child);
+        const exit = code ?? 128 + (signal ? 9 : 0);
+        const st = exit === 0
+          ? { metadata: {}, status: 'Success' }
+          : { metadata: {}, status: 'Failure', message: `command terminated with non-zero exit code: ${exit}`, reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: String(exit) }] } };
+        send(3, Buffer.from(JSON.stringify(st)));
+        ws.close(1000);
+      });
+      ws.on('close', () => child.kill('SIGKILL'));
+      ws.on('message', (raw, isBinary) => {
+        const buf = Buffer.isBuffer(raw) ? raw : Array.isArray(raw) ? Buffer.concat(raw) : Buffer.from(raw);
+        if (!isBinary || buf.length === 0) return;
+        if (buf[0] === 0) child.stdin?.write(buf.subarray(1));
+        else if (buf[0] === 255 && protocol === 'v5.channel.k8s.io' && buf[1] === 0) child.stdin?.end();
       });
     });
   }
