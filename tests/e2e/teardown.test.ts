@@ -40,7 +40,9 @@ async function runFailing(t: Tap, mode: 'test' | 'stop'): Promise<{ code: number
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => (out += d.toString()));
   const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  if (!existsSync(reportFile)) throw new Error(`the child failed before starting its server (exit ${code}):\n${out.slice(-3000)}`);
   report = JSON.parse(readFileSync(reportFile, 'utf8')) as Report;
+  if (report.ids.length < 2) t.comment(`the child stopped early:\n${out.slice(-3000)}`);
   return { code, out, report };
 }
 

@@ -20,7 +20,7 @@ async function createRunning(srv: TestServer, token: string, body: Record<string
     const g = await srv.api<Weaver>('GET', `/api/weaver/${r.body.id}`, token);
     if (g.body.status === 'failed') throw new Error(`weaver failed: ${g.body.reason}`);
     return g.body.status === 'running' ? g.body : null;
-  }, 'weaver running');
+  }, 'weaver running', 120_000); // a failure timeout only: the shared machine can be slow
 }
 
 /** Every runc container under the server's data dir, for leak checks. */
