@@ -68,6 +68,7 @@ export function registerWeaverCommands(program: Command): void {
     .option('--org <org>', 'organization: UUID, slug or name (default: your personal org)')
     .option('--repo <url>', 'https git repository to clone into /workspace/<repo-name>')
     .option('--branch <branch>', 'branch to check out (needs --repo)')
+    .option('--git-secret <NAME>', 'clone a private --repo with the token in this secret (default: a GIT_TOKEN set for the repo or the weaver)')
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect, [])
     .option('--ttl <hours>', 'lifetime in hours (at most the server maximum, 48 by default)')
     .option('--cpu <quantity>', 'CPU limit, e.g. 500m or 2')
@@ -76,9 +77,10 @@ export function registerWeaverCommands(program: Command): void {
     .option('-d, --detach', 'do not attach; print the id')
     .option('--json', 'output the weaver as JSON (implies --detach)')
     .argument('[command...]', 'argv to run instead of the image\'s default (after --)')
-    .action(async (command: string[], opts: { image?: string; org?: string; repo?: string; branch?: string; env: string[]; ttl?: string; cpu?: string; memory?: string; tag: string[]; detach?: boolean }, cmd: Command) => {
+    .action(async (command: string[], opts: { image?: string; org?: string; repo?: string; branch?: string; gitSecret?: string; env: string[]; ttl?: string; cpu?: string; memory?: string; tag: string[]; detach?: boolean }, cmd: Command) => {
       const g = globals(cmd);
       if (opts.branch && !opts.repo) throw new CliError('--branch needs --repo');
+      if (opts.gitSecret && !opts.repo) throw new CliError('--git-secret needs --repo');
       if (opts.repo && !/^https:\/\//i.test(opts.repo)) throw new CliError(`--repo must be an https URL (got ${opts.repo})`);
       let ttl: number | undefined;
       if (opts.ttl !== undefined) {
@@ -95,6 +97,7 @@ export function registerWeaverCommands(program: Command): void {
         ...(orgId ? { org_id: orgId } : {}),
         ...(opts.repo ? { repo: opts.repo } : {}),
         ...(opts.branch ? { branch: opts.branch } : {}),
+        ...(opts.gitSecret ? { git_secret: opts.gitSecret } : {}),
         ...(Object.keys(env).length ? { env } : {}),
         ...(ttl !== undefined ? { lifetime_hours: ttl } : {}),
         ...(command.length ? { command } : {}),

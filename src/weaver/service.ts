@@ -40,6 +40,7 @@ export class WeaverService {
   private readonly creating = new Map<string, Promise<void>>();
   private sweepTimer: NodeJS.Timeout | null = null;
   private unwatch: (() => void) | null = null;
+  private readonly removedListeners = new Set<(id: string) => void>();
 
   constructor(private readonly d: WeaverServiceDeps) {}
 
@@ -121,6 +122,7 @@ export class WeaverService {
       image,
       ...(v.repo ? { repo: v.repo } : {}),
       ...(v.branch ? { branch: v.branch } : {}),
+      ...(v.gitSecret ? { gitSecret: v.gitSecret } : {}),
       env: v.env,
       ...(v.command ? { command: v.command } : {}),
       resources: v.resources,
@@ -161,6 +163,17 @@ export class WeaverService {
     return w;
   }
 
+  /** Called after a weaver's record is gone (other components drop what they bound to it). */
+  onRemoved(cb: (id: string) => void): () => void {
+    this.removedListeners.add(cb);
+    return () => this.removedListeners.delete(cb);
+  }
+
+  /** The record, for other components' own checks (no user check here). */
+  record(id: string): Weaver | null {
+    return this.d.store.get(id);
+  }
+
   list(user: User): Weaver[] {
     return this.d.store.listForOrgs(this.d.orgs.orgIdsOf(user.id));
   }
@@ -189,6 +202,13 @@ export class WeaverService {
         throw new LoomError(500, 'delete_failed', `deleting weaver ${id} failed (${errorMessage(e)}); it stays terminating and is retried on the next sweep`);
       }
       this.d.store.remove(id);
+      for (const l of this.removedListeners) {
+        try {
+          l(id);
+        } catch (e) {
+          this.d.log.warn({ weaver: id, err: e }, 'weaver removal listener threw');
+        }
+      }
       this.d.metrics.deleted.inc();
       this.d.log.info({ weaver: id, why }, 'weaver deleted');
     })().finally(() => this.deleting.delete(id));

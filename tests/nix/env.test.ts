@@ -45,6 +45,7 @@ export const FULL_SAMPLE = {
     },
   },
   branching: { gcIntervalSecs: 300, testDelayMs: 25 },
+  secrets: { masterKeyFile: '/run/keys/loom-master.key', tmpfsSize: '4Mi' },
 };
 
 const FULL_ENV = {
@@ -76,6 +77,8 @@ const FULL_ENV = {
   LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT: '9191',
   LOOM_BRANCHING_GC_INTERVAL_SECS: '300',
   LOOM_BRANCHING_TEST_DELAY_MS: '25',
+  LOOM_SECRETS_MASTER_KEY_FILE: '/run/keys/loom-master.key',
+  LOOM_SECRETS_TMPFS_SIZE: '4Mi',
 };
 
 const DEFAULT_ENV = {

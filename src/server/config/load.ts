@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import table from './variables.json' with { type: 'json' };
 
 /** One variable of the shared table (also read by nixos-modules/loom-server.nix). */
@@ -50,6 +51,14 @@ export interface Config {
   sessionIdleDays: number;
   weaver: WeaverConfig;
   branching: { gcIntervalSecs: number; testDelayMs: number };
+  secrets: SecretsConfig;
+}
+
+export interface SecretsConfig {
+  /** Absolute or relative path; '' was resolved to <dataDir>/secrets/master.key. */
+  masterKeyFile: string;
+  /** Size cap of a weaver's secrets tmpfs, a memory quantity. */
+  tmpfsSize: string;
 }
 
 /** A configuration value that is wrong; the message is the one line the server prints before it stops. */
@@ -153,6 +162,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       },
     },
     branching: { gcIntervalSecs: get<number>('LOOM_BRANCHING_GC_INTERVAL_SECS'), testDelayMs: get<number>('LOOM_BRANCHING_TEST_DELAY_MS') },
+    secrets: {
+      masterKeyFile: get<string>('LOOM_SECRETS_MASTER_KEY_FILE') || join(get<string>('LOOM_DATA_DIR'), 'secrets', 'master.key'),
+      tmpfsSize: get<string>('LOOM_SECRETS_TMPFS_SIZE'),
+    },
   };
   if (cfg.weaver.defaultTtlHours > cfg.weaver.maxTtlHours) {
     throw new ConfigError('LOOM_SERVER_WEAVER_DEFAULT_TTL_HOURS', `${cfg.weaver.defaultTtlHours} is over LOOM_SERVER_WEAVER_MAX_TTL_HOURS (${cfg.weaver.maxTtlHours})`);
