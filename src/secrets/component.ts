@@ -8,7 +8,7 @@ import { secretsMigrations } from './migrations.js';
 import { Keyring } from './keyring.js';
 import { SecretsStore } from './store.js';
 import { SecretsService } from './service.js';
-import { registerSecretsApi, registerSecretsInternal } from './routes.js';
+import { registerSecretsApi, registerSecretsInternal, registerSecretsK8s, type PodIdentifier } from './routes.js';
 import { LocalSecretsInjector } from './local-injector.js';
 
 /**
@@ -52,6 +52,9 @@ export function secretsComponent(config: Config, log: Logger, weavers: WeaverCom
     },
     async registerPublic(app) {
       await registerSecretsInternal(app, service());
+      if (weavers && weavers.provisioner.name === 'kubernetes' && config.secrets.kubernetesUrl) {
+        await registerSecretsK8s(app, service(), weavers.provisioner as unknown as PodIdentifier, weavers.directory);
+      }
     },
     async stop() {
       for (const c of cleanup.splice(0).reverse()) c();

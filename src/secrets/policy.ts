@@ -1,12 +1,14 @@
 /**
  * Who may do what with secrets — every check in this one place:
+ * - weaver secrets: the role matrix (src/server/orgs/access.ts) for the weaver's `env` action:
+ *   its owner, or an owner or admin of its org;
  * - org and repo secrets: managed by the org's owners and admins;
- * - weaver secrets: managed by the weaver's owner;
  * - metadata (names, scopes, versions, never values): any member of the org;
  * - the access log: the org's owners and admins (server admins see every org).
  * Someone outside the org learns nothing: 404, as for any other org's resource.
  */
 import { forbidden, notFound } from '../common/errors.js';
+import { authorize } from '../server/orgs/access.js';
 import type { OrgService } from '../server/orgs/orgs.js';
 import type { User } from '../server/auth/users.js';
 import type { Scope } from './model.js';
@@ -40,19 +42,16 @@ export class SecretsPolicy {
   visibleWeaver(user: User, weaverId: string): WeaverRef {
     const w = this.weavers?.get(weaverId) ?? null;
     if (!w) throw notFound('weaver');
-    try {
-      this.orgs.requireRole(user.id, w.org_id, 'member');
-    } catch {
-      throw notFound('weaver');
-    }
+    authorize(this.orgs, user, 'view', { kind: 'weaver', id: w.id, orgId: w.org_id, ownerUserId: w.owner_user_id });
     return w;
   }
 
   /** May the user create, rotate or remove secrets at this target? */
   requireManage(user: User, t: Target): void {
     if (t.scope === 'weaver') {
-      const w = this.visibleWeaver(user, t.target);
-      if (w.owner_user_id !== user.id) throw forbidden('only the weaver\'s owner manages its secrets');
+      const w = this.weavers?.get(t.target) ?? null;
+      if (!w) throw notFound('weaver');
+      authorize(this.orgs, user, 'env', { kind: 'weaver', id: w.id, orgId: w.org_id, ownerUserId: w.owner_user_id });
       return;
     }
     const org = this.orgs.requireRole(user.id, t.orgId, 'member');

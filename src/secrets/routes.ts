@@ -6,7 +6,9 @@ import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { Strict } from '../server/http/schema.js';
 import { bearerToken, principal } from '../server/http/auth.js';
-import { badRequest } from '../common/errors.js';
+import { LoomError, badRequest, isLoomError } from '../common/errors.js';
+import { tarFiles } from './tar.js';
+import type { WeaverDirectory } from './policy.js';
 import { MAX_VALUE_BYTES, type Scope } from './model.js';
 import type { SecretsService } from './service.js';
 
@@ -122,4 +124,43 @@ export async function registerSecretsInternal(app: FastifyInstance, svc: Secrets
       return { weaver_id: r.weaver.id, secrets: r.secrets.map((s) => ({ name: s.name, scope: s.scope, version: s.version, value_b64: s.value.toString('base64') })) };
     },
   );
+}
+
+/** Who a pod is, from its projected service-account token (the kubernetes backend answers). */
+export interface PodIdentifier {
+  identifyPod(token: string, audience: string): Promise<{ weaverId: string; podName: string }>;
+}
+
+export const K8S_AUDIENCE = 'loom-secrets';
+
+/**
+ * POST /internal/secrets/k8s/fetch (Bearer: the pod's projected token, audience loom-secrets):
+ * the pod is identified by TokenReview and the live pod (never by the request), a weaver identity
+ * is minted for it, and its secrets are fetched with that identity and answered as a tar of 0400
+ * files for the init container to unpack into its in-memory volume.
+ */
+export async function registerSecretsK8s(app: FastifyInstance, svc: SecretsService, pods: PodIdentifier, weavers: WeaverDirectory): Promise<void> {
+  app.post('/internal/secrets/k8s/fetch', async (req, reply) => {
+    const token = bearerToken(req);
+    if (!token) {
+      svc.deny('k8s-init', 'no pod token');
+      throw new LoomError(401, 'pod_identity_refused', 'send the pod\'s projected service-account token (audience loom-secrets)');
+    }
+    let who;
+    try {
+      who = await pods.identifyPod(token, K8S_AUDIENCE);
+    } catch (e) {
+      if (isLoomError(e) && e.status === 401) svc.deny('k8s-init', e.message);
+      throw e;
+    }
+    const w = weavers.get(who.weaverId);
+    if (!w) {
+      svc.deny('k8s-init', `pod ${who.podName} has no weaver record`);
+      throw new LoomError(401, 'pod_identity_refused', 'the pod is not a known weaver');
+    }
+    const r = svc.fetch(svc.mintIdentity(w), undefined, 'k8s-init');
+    const tar = tarFiles(r.secrets.map((s) => ({ name: s.name, data: s.value, mode: 0o400, uid: 1000, gid: 1000 })));
+    for (const s of r.secrets) s.value.fill(0);
+    return reply.header('cache-control', 'no-store').type('application/x-tar').send(tar);
+  });
 }

@@ -289,6 +289,11 @@ export class SecretsService {
     return token;
   }
 
+  /** Records a refusal that happened before an identity was established (e.g. a pod token). */
+  deny(purpose: string, reason: string, weaver?: WeaverRef): void {
+    this.store.logAccess({ at: nowIso(), org_id: weaver?.org_id ?? null, weaver_id: weaver?.id ?? null, name: null, scope: null, target: null, version: null, outcome: 'denied', purpose, reason });
+  }
+
   /** name → the secret that wins for this weaver (weaver > repo > org). */
   resolve(w: WeaverRef): Map<string, SecretRow> {
     let repo: string | null = null;

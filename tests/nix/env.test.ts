@@ -45,7 +45,7 @@ export const FULL_SAMPLE = {
     },
   },
   branching: { gcIntervalSecs: 300, testDelayMs: 25 },
-  secrets: { masterKeyFile: '/run/keys/loom-master.key', tmpfsSize: '4Mi' },
+  secrets: { masterKeyFile: '/run/keys/loom-master.key', tmpfsSize: '4Mi', kubernetesUrl: 'http://loom.loom-system.svc:18090' },
 };
 
 const FULL_ENV = {
@@ -79,6 +79,7 @@ const FULL_ENV = {
   LOOM_BRANCHING_TEST_DELAY_MS: '25',
   LOOM_SECRETS_MASTER_KEY_FILE: '/run/keys/loom-master.key',
   LOOM_SECRETS_TMPFS_SIZE: '4Mi',
+  LOOM_SECRETS_K8S_URL: 'http://loom.loom-system.svc:18090',
 };
 
 const DEFAULT_ENV = {

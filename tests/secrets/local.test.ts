@@ -86,6 +86,7 @@ t.test('secrets injected as files into local weavers', async (t) => {
   const srv = await startServer({ env: { GIT_SSL_CAINFO: git.caFile } });
   const alice = await srv.token('alice'); // owner of org acme
   const bob = await srv.token('bob'); // member of acme
+  const carol = await srv.token('carol'); // member of acme
   const mallory = await srv.token('mallory'); // another org
   const root = await srv.token('root', true); // server admin
   const made: [string, string][] = [];
@@ -96,6 +97,7 @@ t.test('secrets injected as files into local weavers', async (t) => {
   });
   const acme = (await srv.api<{ id: string }>('POST', '/api/orgs', alice, { name: `Acme ${rand(4)}` })).body;
   t.equal((await srv.api('POST', `/api/orgs/${acme.id}/members`, alice, { username: 'bob', role: 'member' })).status, 201, 'bob joins acme as a member');
+  t.equal((await srv.api('POST', `/api/orgs/${acme.id}/members`, alice, { username: 'carol', role: 'member' })).status, 201, 'carol too');
 
   const aliceDir = tempDir();
   const bobDir = tempDir();
@@ -143,9 +145,10 @@ t.test('secrets injected as files into local weavers', async (t) => {
   t.match(first, /mount=ro,nosuid,nodev,noexec/, 'mounted read-only, nosuid, nodev, noexec');
   t.match(first, 'write=refused', 'the weaver cannot write its secrets dir');
 
-  // A weaver-scoped secret, by the weaver's owner; an org admin who is not the owner may not.
-  r = await loomA(['secret', 'set', 'ONLY_W1', '--weaver', w1.id], { input: WEAVER_ONLY });
-  t.not(r.code, 0, 'only the weaver\'s owner manages its secrets');
+  // A weaver-scoped secret, by the weaver's owner; another plain member may not (role matrix).
+  const carolSet = await srv.api<{ error: { code: string } }>('POST', '/api/secrets', carol, { name: 'ONLY_W1', scope: 'weaver', weaver_id: w1.id, value_b64: Buffer.from(WEAVER_ONLY).toString('base64') });
+  t.equal(carolSet.status, 403, 'another member may not manage the weaver\'s secrets');
+  t.equal((await srv.api('POST', '/api/secrets', mallory, { name: 'ONLY_W1', scope: 'weaver', weaver_id: w1.id, value_b64: 'eA==' })).status, 404, 'another org: not found');
   r = await loomB(['secret', 'set', 'ONLY_W1', '--weaver', w1.id], { input: WEAVER_ONLY });
   t.equal(r.code, 0, r.stderr);
 

@@ -61,6 +61,8 @@ export interface SecretsConfig {
   masterKeyFile: string;
   /** Size cap of a weaver's secrets tmpfs, a memory quantity. */
   tmpfsSize: string;
+  /** URL weaver pods reach loom-server at for their secrets; '' means no secrets on kubernetes. */
+  kubernetesUrl: string;
 }
 
 /** A configuration value that is wrong; the message is the one line the server prints before it stops. */
@@ -169,6 +171,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     secrets: {
       masterKeyFile: get<string>('LOOM_SECRETS_MASTER_KEY_FILE') || join(get<string>('LOOM_DATA_DIR'), 'secrets', 'master.key'),
       tmpfsSize: get<string>('LOOM_SECRETS_TMPFS_SIZE'),
+      kubernetesUrl: get<string>('LOOM_SECRETS_K8S_URL'),
     },
   };
   if (cfg.weaver.defaultTtlHours > cfg.weaver.maxTtlHours) {

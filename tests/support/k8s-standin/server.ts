@@ -16,6 +16,7 @@
  * containing "does-not-exist"), and tests can drive any pod state directly.
  */
 import http from 'node:http';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { AddressInfo, Socket } from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
 import { Pod } from 'kubernetes-models/v1';
@@ -171,6 +172,9 @@ export class K8sStandin {
   private readonly wss = new WebSocketServer({ noServer: true, handleProtocols: (protocols) => this.pickProtocol(protocols) });
   private readonly namespaces: Set<string>;
   private readonly pods = new Map<string, JsonPod>();
+  private readonly saTokens = new Map<string, { namespace: string; serviceAccount: string; podName: string; podUid: string; audience: string }>();
+  /** The audiences every TokenReview asked for (a review without an audience is a test failure). */
+  readonly tokenReviews: { audiences: string[] }[] = [];
   private readonly logs = new Map<string, string>();
   private readonly logFollowers = new Map<string, Set<http.ServerResponse>>();
   private readonly attaches = new Map<string, Set<AttachConn>>();
@@ -560,7 +564,41 @@ export class K8sStandin {
     if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/log$/.exec(url.pathname)) && method === 'GET') {
       return this.log(decodeURIComponent(m[1]), decodeURIComponent(m[2]), query, req, res);
     }
+    if (url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews' && method === 'POST') return this.tokenReview(await this.body(req), res);
     return this.send(res, 404, status(404, 'NotFound', 'the server could not find the requested resource'));
+  }
+
+  /**
+   * Issues a bound service-account token for a pod, as the kubelet's projected volume would
+   * (audience, pod name and uid); only this stand-in's TokenReview knows it.
+   */
+  issueServiceAccountToken(o: { podName: string; podUid: string; audience: string; namespace?: string; serviceAccount?: string }): string {
+    const token = `standin-sa.${randomBytes(24).toString('base64url')}`;
+    this.saTokens.set(token, { namespace: 'loom-weavers', serviceAccount: 'default', ...o });
+    return token;
+  }
+
+  /** TokenReview (authentication.k8s.io/v1): authenticated only for a known token whose audience was asked for. */
+  private tokenReview(body: unknown, res: http.ServerResponse): void {
+    const b = body as { apiVersion?: string; kind?: string; spec?: { token?: string; audiences?: string[] } } | undefined;
+    if (b?.kind !== 'TokenReview' || typeof b.spec?.token !== 'string') return this.send(res, 400, status(400, 'BadRequest', 'TokenReview with spec.token expected'));
+    this.tokenReviews.push({ audiences: b.spec.audiences ?? [] });
+    const t = this.saTokens.get(b.spec.token);
+    const wanted = b.spec.audiences ?? [];
+    const ok = !!t && (wanted.length === 0 ? false : wanted.includes(t.audience));
+    const statusBody = ok
+      ? {
+          authenticated: true,
+          audiences: [t!.audience],
+          user: {
+            username: `system:serviceaccount:${t!.namespace}:${t!.serviceAccount}`,
+            uid: randomUUID(),
+            groups: ['system:serviceaccounts', `system:serviceaccounts:${t!.namespace}`, 'system:authenticated'],
+            extra: { 'authentication.kubernetes.io/pod-name': [t!.podName], 'authentication.kubernetes.io/pod-uid': [t!.podUid] },
+          },
+        }
+      : { authenticated: false, error: t ? 'token audiences do not match' : 'invalid bearer token' };
+    return this.send(res, 201, { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', metadata: { creationTimestamp: null }, spec: b.spec, status: statusBody });
   }
 
   private create(ns: string, body: unknown, res: http.ServerResponse): void {
