@@ -266,3 +266,38 @@ t.test('private clone: a named --git-secret, and a clear failure when it does no
   for (const o of [r.stdout, r.stderr, ps.stdout, srv.logs.join('\n'), out]) t.notOk(o.includes(token), 'the token is in no output');
   t.same(filesHolding(srv.dataDir, [token]), [], 'nor in any file of the data dir');
 });
+
+t.test('kill -9 of loom-server: the running weaver keeps its secrets, and rotation reaches it after the restart', async (t) => {
+  const first = await startServer({ keepData: true });
+  const dataDir = first.dataDir;
+  let current: TestServer = first;
+  const alice = await first.token('alice');
+  let wid = '';
+  t.teardown(async () => {
+    if (wid) await current.api('DELETE', `/api/weaver/${wid}`, alice);
+    await current.stop();
+  });
+  const org = (await first.api<{ orgs: { id: string }[] }>('GET', '/api/orgs', alice)).body.orgs[0]!.id;
+  const K1 = `k1-${rand()}`;
+  const K2 = `k2-${rand()}`;
+  const set = (srv: TestServer, v: string) => srv.api('POST', '/api/secrets', alice, { name: 'OPENAI_API_KEY', scope: 'org', org_id: org, value_b64: Buffer.from(v).toString('base64') });
+  t.equal((await set(first, K1)).status, 201);
+  const w = (await first.api<Weaver>('POST', '/api/weaver', alice, { command: PROBE })).body;
+  wid = w.id;
+  await running(first, alice, w.id);
+  await waitUntil(async () => (await logsOf(first, alice, w.id)).includes(`hash=${sha(K1)}`), 'K1 inside');
+
+  await first.stop('SIGKILL');
+  const second = await startServer({ dataDir });
+  current = second;
+  await running(second, alice, w.id);
+  t.match(second.logs.join('\n'), /adopted a running weaver's secrets mount/, 'the injector adopted the mount');
+  t.equal((await set(second, K2)).status, 200, 'rotated through the restarted server');
+  await waitUntil(async () => (await logsOf(second, alice, w.id)).includes(`hash=${sha(K2)}`), 'K2 inside after the restart');
+  t.pass('rotation reached the weaver that outlived the server');
+  t.same(filesHolding(dataDir, [K1, K2]), [], 'no value in any file of the data dir');
+  t.notOk([...first.logs, ...second.logs].some((l) => l.includes(K1) || l.includes(K2)), 'nor in either server\'s log');
+  t.equal((await second.api('DELETE', `/api/weaver/${w.id}`, alice)).status, 204);
+  wid = '';
+  t.same(mountsUnder(join(dataDir, 'local', 'weavers', w.id)), [], 'unmounted on delete');
+});
