@@ -8,6 +8,7 @@ import { Strict } from '../server/http/schema.js';
 import { bearerToken, principal } from '../server/http/auth.js';
 import { LoomError, badRequest, isLoomError } from '../common/errors.js';
 import { tarFiles } from './tar.js';
+import { GIT_TOKEN_FILE } from '../provisioners/kubernetes/pod-spec.js';
 import type { WeaverDirectory } from './policy.js';
 import { MAX_VALUE_BYTES, type Scope } from './model.js';
 import type { SecretsService } from './service.js';
@@ -128,7 +129,7 @@ export async function registerSecretsInternal(app: FastifyInstance, svc: Secrets
 
 /** Who a pod is, from its projected service-account token (the kubernetes backend answers). */
 export interface PodIdentifier {
-  identifyPod(token: string, audience: string): Promise<{ weaverId: string; podName: string }>;
+  identifyPod(token: string, audience: string): Promise<{ weaverId: string; podName: string; gitSecret?: string }>;
 }
 
 export const K8S_AUDIENCE = 'loom-secrets';
@@ -159,7 +160,11 @@ export async function registerSecretsK8s(app: FastifyInstance, svc: SecretsServi
       throw new LoomError(401, 'pod_identity_refused', 'the pod is not a known weaver');
     }
     const r = svc.fetch(svc.mintIdentity(w), undefined, 'k8s-init');
-    const tar = tarFiles(r.secrets.map((s) => ({ name: s.name, data: s.value, mode: 0o400, uid: 1000, gid: 1000 })));
+    const files = r.secrets.map((s) => ({ name: s.name, data: s.value, mode: 0o400, uid: 1000, gid: 1000 }));
+    // The clone token by the same rule as on the local backend (named, or a repo/weaver GIT_TOKEN).
+    const gitToken = w.repo ? svc.gitToken(w, who.gitSecret) : null;
+    if (gitToken) files.push({ name: GIT_TOKEN_FILE, data: Buffer.from(gitToken), mode: 0o400, uid: 1000, gid: 1000 });
+    const tar = tarFiles(files);
     for (const s of r.secrets) s.value.fill(0);
     return reply.header('cache-control', 'no-store').type('application/x-tar').send(tar);
   });

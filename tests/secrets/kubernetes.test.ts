@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Pod } from 'kubernetes-models/v1';
 import { buildPod, SECRETS_AUDIENCE } from '../../src/provisioners/kubernetes/pod-spec.js';
 import { K8sStandin, STANDIN_BANNER, extraPodChecks, type JsonPod } from '../support/k8s-standin/index.js';
-import { startServer, tempDir } from '../support/server.js';
+import { run, startServer, tempDir } from '../support/server.js';
 import { waitUntil } from '../support/attach.js';
 import { spec } from '../kubernetes/helpers.js';
 
@@ -128,7 +128,55 @@ t.test('a pod gets its secrets for its own audience-bound token, and nothing oth
   t.ok(log.body.entries.some((e) => e.weaver_id === a.id && e.name === 'OPENAI_API_KEY' && e.outcome === 'read' && e.purpose === 'k8s-init'), 'the read is in the access log');
   t.notOk(JSON.stringify(log.body).includes(VALUE));
 
+  // A weaver on a repository with a repo-scoped GIT_TOKEN: the bundle has the clone token file.
+  const repo = 'https://git.example.com/acme/private.git';
+  t.equal((await srv.api('POST', '/api/secrets', alice, { name: 'GIT_TOKEN', scope: 'repo', org_id: org, repo, value_b64: Buffer.from('tok-xyz').toString('base64') })).status, 201);
+  const rw = await srv.api<{ id: string }>('POST', '/api/weaver', alice, { repo });
+  await waitUntil(async () => (await srv.api<{ status: string }>('GET', `/api/weaver/${rw.body.id}`, alice)).body.status === 'running', 'running');
+  const rp = standin.pod(`weaver-${rw.body.id}`)!;
+  const rr = await fetchWith(standin.issueServiceAccountToken({ podName: rp.metadata.name, podUid: rp.metadata.uid!, audience: SECRETS_AUDIENCE }));
+  t.equal(rr.status, 200);
+  writeFileSync(join(dir, 'r.tar'), Buffer.from(await rr.arrayBuffer()));
+  mkdirSync(join(dir, 'rout'));
+  execFileSync('tar', ['-xf', join(dir, 'r.tar'), '-C', join(dir, 'rout')]);
+  t.equal(readFileSync(join(dir, 'rout', '.git-token'), 'utf8'), 'tok-xyz', 'the clone token for the clone container');
+  t.notOk(JSON.stringify(standin.pod(rp.metadata.name)).includes('tok-xyz'), 'not in the pod spec');
+  t.equal((await srv.api('DELETE', `/api/weaver/${rw.body.id}`, alice)).status, 204);
+
   // Deleted weaver: its pod's token no longer works.
   t.equal((await srv.api('DELETE', `/api/weaver/${a.id}`, alice)).status, 204);
   t.equal((await fetchWith(good)).status, 401, 'after delete, refused');
+});
+
+t.test('kubernetes private clone: the clone container reads the token from the in-memory volume through a credential helper', async (t) => {
+  const pod = buildPod(spec({ repo: 'https://git.example.com/acme/app.git', gitSecret: 'DEPLOY_TOKEN' }), { namespace: 'loom-weavers', imagePullSecrets: [], audit, secrets: { url: 'http://loom:18090', sizeLimit: '1Mi' } });
+  const wire = JSON.parse(JSON.stringify(pod)) as JsonPod;
+  t.doesNotThrow(() => new Pod(wire as never).validate());
+  const clone = pod.spec!.initContainers!.find((c) => c.name === 'git-clone')!;
+  t.same(pod.spec!.initContainers!.map((c) => c.name), ['loom-secrets', 'git-clone'], 'secrets first, then the clone');
+  t.same(clone.volumeMounts!.find((m) => m.name === 'loom-secrets'), { name: 'loom-secrets', mountPath: '/run/secrets/loom', readOnly: true });
+  t.equal(pod.metadata!.annotations!['loom.dev/git-secret'], 'DEPLOY_TOKEN', 'the secret\'s name (never its value) rides on the pod');
+  t.equal(clone.command![clone.command!.length - 2], 'https://git.example.com/acme/app.git', 'the URL as given, no credentials in it');
+
+  // Run that exact argv against a private HTTPS repository, with the volume stood in for by a
+  // tmpfs over /run in a private mount namespace, and the destination moved to a temp dir.
+  const dir = tempDir('loom-k8s-clone-');
+  const token = `ghp_${randomBytes(16).toString('hex')}`;
+  const { startGitHttps } = await import('../support/git-https.js');
+  const git = await startGitHttps(dir, token, { app: { 'x.txt': 'cloned\n' } });
+  t.teardown(() => git.close());
+  const argv = buildPod(spec({ repo: git.url('app') }), { namespace: 'loom-weavers', imagePullSecrets: [], audit, secrets: { url: 'http://loom:18090', sizeLimit: '1Mi' } })
+    .spec!.initContainers!.find((c) => c.name === 'git-clone')!.command!.slice(0, -1);
+  writeFileSync(join(dir, 'tok'), token);
+  const dest = join(dir, 'out');
+  // Asynchronously: the HTTPS server answering git lives in this process.
+  const r = await run('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs loom-test /run && mkdir -p /run/secrets/loom && cp "$0" /run/secrets/loom/.git-token && exec "$@"', join(dir, 'tok'), ...argv, dest], {
+    env: { PATH: process.env.PATH!, GIT_SSL_CAINFO: git.caFile, GIT_TERMINAL_PROMPT: '0', HOME: dir, GIT_CONFIG_NOSYSTEM: '1' },
+    timeoutMs: 120_000,
+  });
+  t.equal(r.code, 0, r.stderr);
+  t.notOk(r.stderr.includes(token), 'git printed no token');
+  t.equal(readFileSync(join(dest, 'x.txt'), 'utf8'), 'cloned\n', 'cloned with the token from the file');
+  t.notOk(argv.some((a) => a.includes(token)), 'the token is not in argv');
+  t.ok(git.authHeaders.includes(`Basic ${Buffer.from(`x-access-token:${token}`).toString('base64')}`));
 });

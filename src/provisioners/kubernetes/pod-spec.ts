@@ -90,6 +90,21 @@ export function cloneCommand(repo: string, branch?: string): string[] {
   return ['git', 'clone', '--depth', '1', ...(branch ? ['--branch', branch] : []), '--', repo, `${WORKSPACE_DIR}/${repoDirName(repo)}`];
 }
 
+/** The file (in the secrets volume) holding the clone token, written by loom-server's bundle. */
+export const GIT_TOKEN_FILE = '.git-token';
+export const GIT_SECRET_ANNOTATION = 'loom.dev/git-secret';
+
+/**
+ * The clone argv when the pod has secrets: git asks a credential helper, which reads the token
+ * from the in-memory volume (only after the server answers 401); the token is never in argv,
+ * the environment or the pod spec, and git's credential protocol gives it to that host only.
+ */
+export function cloneCommandWithToken(repo: string, branch?: string): string[] {
+  const helper = `!f() { test "$1" = get || exit 0; test -r ${SECRETS_DIR}/${GIT_TOKEN_FILE} || exit 0; echo username=x-access-token; printf 'password=%s\\n' "$(cat ${SECRETS_DIR}/${GIT_TOKEN_FILE})"; }; f`;
+  const [git, ...rest] = cloneCommand(repo, branch);
+  return [git!, '-c', 'credential.helper=', '-c', `credential.helper=${helper}`, ...rest];
+}
+
 /** activeDeadlineSeconds: the lifetime, a second guard beside the lifecycle layer's TTL timer. */
 export function deadlineSeconds(lifetimeHours: number): number {
   return Math.max(1, Math.ceil(lifetimeHours * 3600));
@@ -220,7 +235,7 @@ export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
     initContainers.push({
       name: CLONE_CONTAINER,
       image: opts.gitImage || spec.image,
-      command: cloneCommand(spec.repo, spec.branch),
+      command: opts.secrets ? cloneCommandWithToken(spec.repo, spec.branch) : cloneCommand(spec.repo, spec.branch),
       env: [
         // Fail instead of waiting for credentials nobody will type.
         { name: 'GIT_TERMINAL_PROMPT', value: '0' },
@@ -230,7 +245,7 @@ export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
       // and a ResourceQuota on limits needs every container to have them.
       resources,
       securityContext: restrictedSecurityContext(),
-      volumeMounts: [workspaceMount],
+      volumeMounts: [workspaceMount, ...(opts.secrets ? [{ name: SECRETS_VOLUME, mountPath: SECRETS_DIR, readOnly: true }] : [])],
       // git's own error ("fatal: …") becomes the termination message the status shows.
       terminationMessagePolicy: 'FallbackToLogsOnError',
     });
@@ -247,6 +262,8 @@ export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
     [LIFETIME_ANNOTATION]: String(spec.lifetimeHours),
     [EXPIRES_AT_ANNOTATION]: spec.expiresAt.toISOString(),
     [TAGS_ANNOTATION]: JSON.stringify(spec.tags),
+    // The secret's name only: the server reads it from the live pod when the pod asks for its secrets.
+    ...(spec.gitSecret && opts.secrets ? { [GIT_SECRET_ANNOTATION]: spec.gitSecret } : {}),
   };
 
   return {

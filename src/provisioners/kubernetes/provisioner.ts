@@ -20,7 +20,7 @@ import { attachPod } from './attach.js';
 import { apiServerUrl, describeApiError, isNotFound, loadKubeConfig, withTimeout } from './client.js';
 import { MAIN_CONTAINER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_SELECTOR, WEAVER_ID_ANNOTATION, podName } from './labels.js';
 import { streamPodLog } from './logs.js';
-import { buildPod, type PodSpecOptions } from './pod-spec.js';
+import { GIT_SECRET_ANNOTATION, buildPod, type PodSpecOptions } from './pod-spec.js';
 import { podToWeaver, weaverIdOf } from './status.js';
 
 export type KubernetesWeaverConfig = Pick<WeaverConfig, 'k8sNamespace' | 'kubeconfig' | 'imagePullSecrets' | 'audit'>;
@@ -110,7 +110,7 @@ export class KubernetesProvisioner implements Provisioner {
    * audience, the pod name and UID from the review's user info (never from the caller), the live
    * pod in our namespace with that UID, managed by us, not terminating. Throws LoomError 401.
    */
-  async identifyPod(token: string, audience: string): Promise<{ weaverId: string; podName: string }> {
+  async identifyPod(token: string, audience: string): Promise<{ weaverId: string; podName: string; gitSecret?: string }> {
     const refuse = (why: string) => new LoomError(401, 'pod_identity_refused', why);
     let review;
     try {
@@ -142,7 +142,8 @@ export class KubernetesProvisioner implements Provisioner {
     if (pod.metadata?.deletionTimestamp) throw refuse('the token\'s pod is terminating');
     const weaverId = pod.metadata?.annotations?.[WEAVER_ID_ANNOTATION];
     if (!weaverId || podName(weaverId) !== name) throw refuse('the token\'s pod is not a weaver');
-    return { weaverId, podName: name };
+    const gitSecret = pod.metadata?.annotations?.[GIT_SECRET_ANNOTATION];
+    return { weaverId, podName: name, ...(gitSecret ? { gitSecret } : {}) };
   }
 
   /** The API server URL in use. */
