@@ -9,12 +9,13 @@
       systems = [ "x86_64-linux" "aarch64-linux" ];
       forAllSystems = f: lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});
 
-      # The modules default their package to this flake's build for the host's system.
-      withPackage = module: { pkgs, ... }: {
-        imports = [ module ];
-        services.loom-server.package =
-          lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.loom;
-      };
+      # Every module is an attribute set (nix flake check rejects a path) with a `key`, so the
+      # module system includes it once however often it is imported (`default` and
+      # `loom-server` together, or from two places of a host's configuration).
+      module = name: attrs: {
+        _file = "${toString ./flake.nix}#nixosModules.${name}";
+        key = "loom#nixosModules.${name}";
+      } // attrs;
     in
     {
       packages = forAllSystems (system: pkgs:
@@ -38,9 +39,22 @@
         });
 
       nixosModules = {
-        loom-k3s = ./nixos-modules/loom-k3s.nix;
-        loom-server = withPackage ./nixos-modules/loom-server.nix;
-        default = {
+        loom-k3s = module "loom-k3s" { imports = [ ./nixos-modules/loom-k3s.nix ]; };
+        # services.loom-server.package defaults to this flake's build for the host's system
+        # (a plain definition at mkDefault in a keyed module: defined once however often
+        # imported). Without the flake, the module's own default builds ./nix/loom.nix with the
+        # host's pkgs.
+        loom-server = module "loom-server" {
+          imports = [
+            ./nixos-modules/loom-server.nix
+            ({ pkgs, ... }: {
+              key = "loom#nixosModules.loom-server/package";
+              services.loom-server.package =
+                lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.loom;
+            })
+          ];
+        };
+        default = module "default" {
           imports = [ self.nixosModules.loom-k3s self.nixosModules.loom-server ];
         };
       };
@@ -53,6 +67,8 @@
             inherit system;
             modules = [
               self.nixosModules.default
+              # Imported twice on purpose: the keyed modules are included once.
+              self.nixosModules.loom-server
               {
                 boot.loader.grub.enable = false;
                 fileSystems."/" = { device = "none"; fsType = "tmpfs"; };
@@ -79,11 +95,14 @@
             kubeconfig = k8sHost.systemd.services.loom-server.environment.KUBECONFIG;
             optionsPresent = builtins.toJSON (map (p: lib.hasAttrByPath (lib.splitString "." p) k8sHost.services.loom-server) envLib.optionPaths);
             setupType = k8sHost.systemd.services.loom-k3s-setup.serviceConfig.Type;
+            k3sFlags = toString k8sHost.services.k3s.extraFlags;
           } ''
             ${pkgs.jq}/bin/jq -e --argjson a "$k8sEnv" --argjson b "$expected" -n '$a | with_entries(select(.key | startswith("LOOM_") or . == "KUBECONFIG")) == $b'
             test "$k8sUser" = loom-server
             test "$localUser" = root
-            test "$kubeconfig" = /etc/rancher/k3s/k3s.yaml
+            # loom-server reaches k3s through its namespaced account, never the cluster-admin file.
+            test "$kubeconfig" = /var/lib/loom-k3s/loom-server.kubeconfig
+            case "$k3sFlags" in *--write-kubeconfig-mode=0600*) ;; *) exit 1 ;; esac
             ${pkgs.jq}/bin/jq -e -n --argjson o "$optionsPresent" '$o | all'
             test "$setupType" = oneshot
             touch $out

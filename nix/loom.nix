@@ -1,15 +1,20 @@
 # The loom npm package: TypeScript compiled to dist/, the native addons (better-sqlite3, argon2
 # and loom's own native/ addon) compiled from source, bins `loom` and `loom-server`.
 #
-# Dependencies come from package-lock.json through importNpmLock (every entry has an integrity
-# hash), so there is no npmDepsHash to keep up to date by hand.
+# Dependencies come from package-lock.json through ./npm-deps.nix: one fixed-output fetch per entry,
+# hashed by the entry's `integrity`, located from name and version (the lockfile has no
+# `resolved`); so there is no npmDepsHash to keep up to date by hand and no registry host in the
+# repository. `npmRegistry` (null: the builder's npm configuration, else npm's default) says
+# where the tarballs are fetched from: `loom.override { npmRegistry = "https://…/"; }`.
 { lib
+, callPackage
 , buildNpmPackage
 , importNpmLock
 , nodejs_20
 , python3
 , pkg-config
 , makeWrapper
+, npmRegistry ? null
 }:
 let
   root = ../.;
@@ -32,12 +37,14 @@ buildNpmPackage {
   inherit src;
   nodejs = nodejs_20;
 
-  npmDeps = importNpmLock {
-    npmRoot = root;
+  npmDeps = callPackage ./npm-deps.nix { nodejs = nodejs_20; inherit npmRegistry; } {
     inherit package;
     packageLock = lib.importJSON (root + "/package-lock.json");
   };
-  npmConfigHook = importNpmLock.npmConfigHook;
+  # importNpmLock's hook installs node_modules from npmDeps and runs `npm rebuild` with the
+  # headers of the Node it was built with: the top-level nodejs unless overridden. Build it with
+  # the Node the wrappers run, so the addons' ABI matches.
+  npmConfigHook = importNpmLock.npmConfigHook.override { nodejs = nodejs_20; };
 
   # node-gyp: python3, make and a C++ compiler (stdenv); headers from nodejs, never downloaded.
   nativeBuildInputs = [ python3 pkg-config makeWrapper ];

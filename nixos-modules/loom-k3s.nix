@@ -2,8 +2,11 @@
 #
 # On a k3s server it also runs loom-k3s-setup.service after k3s is up, which
 #   - waits for the API server,
-#   - gives the kubeconfig to root:<kubeconfigGroup> mode 0640 (loom-server joins that group),
+#   - keeps k3s' cluster-admin kubeconfig root-only (0600),
 #   - creates the weavers' namespace (default loom-weavers),
+#   - creates loom-server's own account there (ServiceAccount, Role, RoleBinding, and a
+#     ClusterRole for TokenReview only; see ./lib/k3s.nix) and writes a kubeconfig for it to
+#     serverKubeconfigPath, root:<kubeconfigGroup> 0640 (loom-server joins that group),
 #   - creates the registry pull secret from ghcrSecret.tokenFile, read at run time through
 #     LoadCredential= so the token never enters the Nix store, the unit file or a command line.
 # It runs again whenever k3s restarts (k3s rewrites the kubeconfig on start).
@@ -16,6 +19,10 @@ let
   isServer = cfg.role == "server";
   k3sPackage = config.services.k3s.package;
   q = lib.escapeShellArg;
+  sa = cfg.serverServiceAccount;
+
+  rbacFile = pkgs.writeText "loom-k3s-rbac.json"
+    (builtins.toJSON { apiVersion = "v1"; kind = "List"; items = k3sLib.rbac; });
 
   setupScript = ''
     set -euo pipefail
@@ -29,10 +36,44 @@ let
     done
     kubectl get --raw=/readyz >/dev/null
 
-    chgrp ${q cfg.kubeconfigGroup} "$KUBECONFIG"
-    chmod 0640 "$KUBECONFIG"
+    # The cluster-admin kubeconfig is root's alone (k3s writes it 0600; an older setup may
+    # have opened it to a group).
+    chown root:root "$KUBECONFIG"
+    chmod 0600 "$KUBECONFIG"
 
     kubectl create namespace ${q cfg.namespace} --dry-run=client -o yaml | kubectl apply -f -
+
+    # loom-server's namespaced account, and its token (filled in by the token controller).
+    kubectl apply -f ${rbacFile}
+    secret=""
+    for _ in $(seq 1 60); do
+      secret=$(kubectl get secret ${q "${sa}-token"} --namespace ${q cfg.namespace} -o json 2>/dev/null || true)
+      if [ -n "$secret" ] && [ "$(printf '%s' "$secret" | jq -r '.data.token // ""')" != "" ]; then break; fi
+      secret=""
+      sleep 1
+    done
+    if [ -z "$secret" ]; then
+      echo "loom-k3s-setup: the token of service account ${sa} was not issued" >&2
+      exit 1
+    fi
+
+    # Its kubeconfig: the API address from the admin kubeconfig, the CA and token from the
+    # Secret (through a pipe and jq: the token never appears on a command line).
+    server=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.server}')
+    target=${q cfg.serverKubeconfigPath}
+    dir=$(dirname "$target")
+    [ -d "$dir" ] || install -d -m 0750 -o root -g ${q cfg.kubeconfigGroup} "$dir"
+    umask 027
+    tmp=$(mktemp "$target.XXXXXX")
+    printf '%s' "$secret" | jq --arg server "$server" --arg ns ${q cfg.namespace} --arg user ${q sa} '
+      { apiVersion: "v1", kind: "Config",
+        clusters: [ { name: "k3s", cluster: { server: $server, "certificate-authority-data": .data["ca.crt"] } } ],
+        users: [ { name: $user, user: { token: (.data.token | @base64d) } } ],
+        contexts: [ { name: "loom", context: { cluster: "k3s", user: $user, namespace: $ns } } ],
+        "current-context": "loom" }' > "$tmp"
+    chown root:${q cfg.kubeconfigGroup} "$tmp"
+    chmod 0640 "$tmp"
+    mv -f "$tmp" "$target"
   '' + lib.optionalString cfg.ghcrSecret.enable ''
 
     # The token comes from the credential systemd copied from ghcrSecret.tokenFile; it goes into
@@ -117,15 +158,31 @@ in
     kubeconfigPath = lib.mkOption {
       type = lib.types.str;
       default = "/etc/rancher/k3s/k3s.yaml";
-      description = "Where k3s writes the admin kubeconfig (--write-kubeconfig).";
+      description = "Where k3s writes its cluster-admin kubeconfig (--write-kubeconfig); root-only (0600).";
+    };
+
+    serverServiceAccount = lib.mkOption {
+      type = lib.types.strMatching "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?";
+      default = "loom-server";
+      description = "ServiceAccount (and Role, RoleBinding) in `namespace` that loom-server uses.";
+    };
+
+    serverKubeconfigPath = lib.mkOption {
+      type = lib.types.str;
+      default = "/var/lib/loom-k3s/loom-server.kubeconfig";
+      description = ''
+        Where loom-k3s-setup writes the kubeconfig of serverServiceAccount (root:kubeconfigGroup,
+        0640). services.loom-server.weaver.kubeconfigPath defaults to it on the same host.
+      '';
     };
 
     kubeconfigGroup = lib.mkOption {
       type = lib.types.str;
       default = "loom-k3s";
       description = ''
-        Group, created by this module, that may read the kubeconfig (mode 0640). loom-server joins
-        it when services.loom-server is enabled on the same host.
+        Group, created by this module, that may read serverKubeconfigPath (never the
+        cluster-admin kubeconfig). loom-server joins it when services.loom-server is enabled on
+        the same host.
       '';
     };
 
@@ -147,9 +204,16 @@ in
       type = lib.types.bool;
       default = false;
       description = ''
-        Open the ports other nodes need: 6443/tcp (API, servers), 10250/tcp (kubelet),
-        8472/udp (flannel VXLAN), and 2379-2380/tcp (etcd) when clusterInit is set.
+        Open the ports other nodes need, to nodeNetwork only: 10250/tcp (kubelet), 8472/udp
+        (flannel VXLAN), and on servers 6443/tcp (API) and 2379-2380/tcp (etcd, with clusterInit).
       '';
+    };
+
+    nodeNetwork = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      example = [ "10.0.0.0/24" ];
+      description = "CIDRs of the cluster's nodes: the only sources openFirewall admits.";
     };
 
     ghcrSecret = {
@@ -157,7 +221,7 @@ in
       name = lib.mkOption {
         type = lib.types.str;
         default = "ghcr-secret";
-        description = "Name of the Secret (list it in services.loom-server.weaver.imagePullSecrets).";
+        description = "Name of the Secret. With services.loom-server on the same host, weaver.imagePullSecrets defaults to [ name ].";
       };
       server = lib.mkOption {
         type = lib.types.str;
@@ -195,12 +259,14 @@ in
 
       environment.systemPackages = [ k3sPackage ];
 
-      networking.firewall = lib.mkIf cfg.openFirewall {
-        allowedTCPPorts = [ 10250 ]
-          ++ lib.optional isServer 6443
-          ++ lib.optionals (isServer && cfg.clusterInit) [ 2379 2380 ];
-        allowedUDPPorts = [ 8472 ];
-      };
+      # Source-restricted rules, never allowedTCPPorts/allowedUDPPorts (those admit every source).
+      networking.firewall = lib.mkIf cfg.openFirewall (
+        if config.networking.nftables.enable or false then {
+          extraInputRules = k3sLib.nftablesRules;
+        } else {
+          extraCommands = k3sLib.iptablesRules "-A";
+          extraStopCommands = k3sLib.iptablesRules "-D";
+        });
     }
 
     (lib.mkIf isServer {
@@ -214,6 +280,7 @@ in
         partOf = [ "k3s.service" ];
         wantedBy = [ "k3s.service" "multi-user.target" ];
         path = [ k3sPackage pkgs.coreutils pkgs.jq ];
+        restartTriggers = [ rbacFile ];
         script = setupScript;
         serviceConfig = {
           Type = "oneshot";

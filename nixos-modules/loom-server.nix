@@ -35,17 +35,20 @@ let
     environmentFile = cfg.environmentFile;
   };
 
-  # `loom-server-admin token --user NAME [--admin]`: the admin command with the unit's
-  # environment, as the unit's user, in the unit's working directory.
+  # `sudo loom-server-admin token --user NAME [--admin]`: the admin command exactly as the unit
+  # runs: its user and groups (the kubeconfig group included), working directory, PATH,
+  # environment and environmentFile, and none of the caller's environment (./lib/admin-wrapper.sh,
+  # tested by running it in tests/nix/admin-wrapper.test.ts).
   adminWrapper = pkgs.writeShellScriptBin "loom-server-admin" ''
-    set -euo pipefail
-    cd ${lib.escapeShellArg stateDir}
-    exec ${pkgs.util-linux}/bin/setpriv \
-      --reuid=${if unit.runsAsRoot then "0" else lib.escapeShellArg cfg.user} \
-      --regid=${if unit.runsAsRoot then "0" else lib.escapeShellArg cfg.group} \
-      --init-groups \
-      ${pkgs.coreutils}/bin/env ${lib.escapeShellArgs (lib.mapAttrsToList (n: v: "${n}=${v}") environment)} \
-      ${cfg.package}/bin/loom-server admin "$@"
+    unit_user=${lib.escapeShellArg unit.serviceConfig.User}
+    unit_group=${lib.escapeShellArg unit.serviceConfig.Group}
+    unit_dir=${lib.escapeShellArg stateDir}
+    unit_path=${lib.escapeShellArg (lib.makeBinPath (cfg.runtimePackages ++ [ pkgs.util-linux pkgs.coreutils ]))}
+    unit_env=(${lib.escapeShellArgs (lib.mapAttrsToList (n: v: "${n}=${v}") environment)})
+    env_file=${lib.escapeShellArg (if cfg.environmentFile == null then "" else cfg.environmentFile)}
+    loom_server=${lib.escapeShellArg "${cfg.package}/bin/loom-server"}
+    PATH=${lib.escapeShellArg (lib.makeBinPath [ pkgs.util-linux pkgs.coreutils ])}
+    source ${./lib/admin-wrapper.sh}
   '';
 
   handWritten = {
@@ -134,6 +137,9 @@ in
       group = cfg.group;
       home = stateDir;
       description = "Loom server";
+      # The unit gets it as SupplementaryGroups; the membership gives it to loom-server-admin
+      # (setpriv --init-groups) too.
+      extraGroups = lib.optional withK3s k3s.kubeconfigGroup;
     };
     users.groups.${cfg.group} = { };
 
@@ -151,7 +157,11 @@ in
 
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ unit.port ];
 
-    # With loom-k3s on the same host, KUBECONFIG defaults to the kubeconfig it writes.
-    services.loom-server.weaver.kubeconfigPath = lib.mkIf withK3s (lib.mkDefault k3s.kubeconfigPath);
+    # With loom-k3s on the same host: KUBECONFIG defaults to the kubeconfig of the namespaced
+    # account it creates for loom-server (never k3s' cluster-admin file), and the pull secret it
+    # creates is used by default.
+    services.loom-server.weaver.kubeconfigPath = lib.mkIf withK3s (lib.mkDefault k3s.serverKubeconfigPath);
+    services.loom-server.weaver.imagePullSecrets =
+      lib.mkIf (withK3s && k3s.ghcrSecret.enable) (lib.mkDefault [ k3s.ghcrSecret.name ]);
   };
 }

@@ -2,8 +2,8 @@
 # (src/server/config/variables.json): one option per table entry, at the entry's `option` path,
 # with its type derived from the entry's type and its default taken from the entry.
 #
-# Needs only `lib.mkOption` and `lib.types` from nixpkgs, so tests/nix can evaluate it with a
-# stand-in `lib` and check the derivation of every type.
+# Needs only `lib.mkOption` and `lib.types` from nixpkgs, so tests/nix evaluates it through the
+# stand-in nixpkgs' port of the module system and checks the type of every option.
 { lib, env ? import ./env.nix { } }:
 let
   inherit (lib) mkOption types;

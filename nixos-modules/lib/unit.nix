@@ -82,13 +82,33 @@ let
     # SystemCallFilter: runc creates cgroups, namespaces and device nodes, and mounts (loop
     # devices, /dev/net/tun for slirp4netns); those options would forbid exactly that.
     #
+    # runc (cgroupfs driver) creates the containers' cgroups and moves processes between them;
+    # Delegate=yes tells systemd the unit manages its own cgroup subtree (conmon and the runc
+    # helpers live in it), so systemd neither moves those processes back nor rewrites the
+    # subtree's controllers on daemon-reload. (The containers' cgroups are /loom/<id>, outside
+    # the unit's subtree; systemd leaves cgroups it did not create alone.)
+    Delegate = true;
+    # Tolerated by runc: it loads no kernel module (the kernel autoloads loop/overlay/btrfs on
+    # demand, CAP_SYS_MODULE is not in the bounding set anyway) and reads no kernel log. These
+    # add a seccomp filter (init_module/finit_module/delete_module; syslog(2)) and hide
+    # /usr/lib/modules, /proc/kmsg and /dev/kmsg; containers inherit the filter, so `dmesg` inside
+    # a weaver fails, as it should.
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    # Not ProtectClock: besides its clock_settime/adjtimex filter, systemd implements it with
+    # DeviceAllow=char-rtc, which closes the unit's device policy (an eBPF device program on the
+    # unit's cgroup): loop devices for the data filesystems, /dev/net/tun for slirp4netns and the
+    # devices runc creates in containers would all be refused.
+    #
     # Weavers must outlive a restart of loom-server. runc puts each container in its own cgroup,
     # but conmon (the container's monitor, which holds its attach socket and exit status) is forked
     # by loom-server and stays in this unit's cgroup. KillMode=control-group (the default) or
     # mixed would kill every conmon on stop/restart; KillMode=process stops only loom-server,
-    # which re-adopts the running conmons when it starts again. (If the provisioner later starts
-    # conmon in a scope of its own, e.g. systemd-run --scope --slice=loom.slice, this can go
-    # back to the default.)
+    # which re-adopts the running conmons when it starts again. So `systemctl stop loom-server`
+    # leaves the weavers running (their containers and conmons; systemd logs "left-over process"
+    # for the conmons at the next start): delete weavers (`loom weaver delete <id>`) before
+    # stopping for good. (If the provisioner later starts conmon in a scope of its own, e.g.
+    # systemd-run --scope --slice=loom.slice, this can go back to the default.)
     KillMode = "process";
     # Note: ProtectSystem/ProtectHome/PrivateTmp give the unit its own mount namespace; mounts the
     # local backend makes live in it, so after a restart loom-server mounts its data filesystems

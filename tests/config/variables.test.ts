@@ -4,7 +4,7 @@
 import t from 'tap';
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { ConfigError, VARIABLES, loadConfig, parseVariable } from '../../src/server/config/load.js';
+import { ConfigError, TEST_KNOBS, VARIABLES, loadConfig, parseVariable } from '../../src/server/config/load.js';
 import { REPO, nixEval, requireNix } from '../nix/nix.js';
 
 const TABLE = new Set(VARIABLES.map((v) => v.name));
@@ -76,7 +76,17 @@ t.test('every LOOM_* / KUBECONFIG name in the server sources is a table variable
   for (const name of WEAVER_ENV) t.notOk(TABLE.has(name), `${name} is not also a server variable`);
 });
 
-t.test('loadConfig reads every table entry, and nothing else', async (t) => {
+t.test('test-only knobs are not operator settings', async (t) => {
+  for (const k of TEST_KNOBS) {
+    t.notOk(TABLE.has(k.name), `${k.name} is not in variables.json (no NixOS option, no README row)`);
+    t.equal(k.option, null, `${k.name} has no option path`);
+  }
+  t.ok(TEST_KNOBS.some((k) => k.name === 'LOOM_BRANCHING_TEST_DELAY_MS'));
+  t.equal(loadConfig({ LOOM_BRANCHING_TEST_DELAY_MS: '25' }).branching.testDelayMs, 25, 'still read by the loader');
+  t.throws(() => loadConfig({ LOOM_BRANCHING_TEST_DELAY_MS: '-1' }), ConfigError, 'and checked');
+});
+
+t.test('loadConfig reads every table entry and the test knobs, and nothing else', async (t) => {
   const accessed = new Set<string>();
   const env = new Proxy({} as NodeJS.ProcessEnv, {
     get(target, key) {
@@ -85,7 +95,7 @@ t.test('loadConfig reads every table entry, and nothing else', async (t) => {
     },
   });
   loadConfig(env);
-  t.same([...accessed].sort(), [...TABLE].sort());
+  t.same([...accessed].sort(), [...TABLE, ...TEST_KNOBS.map((k) => k.name)].sort());
 });
 
 t.test('the table is well formed', async (t) => {

@@ -19,6 +19,8 @@ export const FULL_SAMPLE = {
   logLevel: 'debug',
   publicUrl: 'https://loom.example.com',
   sessionIdleDays: 7,
+  streams: { recheckSecs: 5, pingSecs: 0.5 },
+  auth: { loginMaxFailures: 3, loginWindowSecs: 60 },
   weaver: {
     enable: false,
     backend: 'kubernetes',
@@ -44,7 +46,7 @@ export const FULL_SAMPLE = {
       healthPort: 9191,
     },
   },
-  branching: { gcIntervalSecs: 300, testDelayMs: 25 },
+  branching: { gcIntervalSecs: 300 },
   secrets: { masterKeyFile: '/run/keys/loom-master.key', tmpfsSize: '4Mi', kubernetesUrl: 'http://loom.loom-system.svc:18090' },
 };
 
@@ -54,6 +56,10 @@ const FULL_ENV = {
   LOOM_LOG_LEVEL: 'debug',
   LOOM_PUBLIC_URL: 'https://loom.example.com',
   LOOM_SESSION_IDLE_DAYS: '7',
+  LOOM_STREAM_RECHECK_SECS: '5',
+  LOOM_STREAM_PING_SECS: '0.5',
+  LOOM_LOGIN_MAX_FAILURES: '3',
+  LOOM_LOGIN_WINDOW_SECS: '60',
   LOOM_SERVER_WEAVER_ENABLED: 'false',
   LOOM_SERVER_WEAVER_BACKEND: 'kubernetes',
   LOOM_SERVER_WEAVER_RUNTIME: 'runc',
@@ -76,7 +82,6 @@ const FULL_ENV = {
   LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT: '9190',
   LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT: '9191',
   LOOM_BRANCHING_GC_INTERVAL_SECS: '300',
-  LOOM_BRANCHING_TEST_DELAY_MS: '25',
   LOOM_SECRETS_MASTER_KEY_FILE: '/run/keys/loom-master.key',
   LOOM_SECRETS_TMPFS_SIZE: '4Mi',
   LOOM_SECRETS_K8S_URL: 'http://loom.loom-system.svc:18090',
@@ -87,6 +92,10 @@ const DEFAULT_ENV = {
   LOOM_DATA_DIR: './data',
   LOOM_LOG_LEVEL: 'info',
   LOOM_SESSION_IDLE_DAYS: '30',
+  LOOM_STREAM_RECHECK_SECS: '30',
+  LOOM_STREAM_PING_SECS: '20',
+  LOOM_LOGIN_MAX_FAILURES: '10',
+  LOOM_LOGIN_WINDOW_SECS: '900',
   LOOM_SERVER_WEAVER_ENABLED: 'true',
   LOOM_SERVER_WEAVER_BACKEND: 'local',
   LOOM_SERVER_WEAVER_RUNTIME: 'auto',
@@ -105,7 +114,6 @@ const DEFAULT_ENV = {
   LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT: '9090',
   LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT: '9091',
   LOOM_BRANCHING_GC_INTERVAL_SECS: '60',
-  LOOM_BRANCHING_TEST_DELAY_MS: '0',
   LOOM_SECRETS_TMPFS_SIZE: '1Mi',
 };
 

@@ -10,10 +10,16 @@ import { fileURLToPath } from 'node:url';
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 export const CANNOT_RUN_HERE =
-  '`nix build` and `nix flake check` cannot run on this machine (no nixpkgs): the flake, the packages, ' +
-  'the images and the NixOS VM test are checked by parsing here and are built by `nix flake check` ' +
-  'on a machine with Nix and nixpkgs. The pure Nix functions (env mapping, option types, unit, k3s flags) ' +
-  'and the modules (with a stand-in lib) are evaluated here with nix-instantiate.';
+  'No nixpkgs on this machine: `nix build` cannot run here. `nix flake check --no-build` (nix 2.8) runs against a ' +
+  'STAND-IN nixpkgs (tests/nix/fixtures/standin-nixpkgs: a port of the module system, NixOS option stubs with ' +
+  "24.11's types, derivations that are never built); the pure Nix functions and the modules are evaluated " +
+  'with nix-instantiate through that port.';
+
+/** The stand-in nixpkgs (tests/nix/fixtures/standin-nixpkgs), as a Nix expression. */
+export const STANDIN = '(import (REPO + "/tests/nix/fixtures/standin-nixpkgs") { })';
+
+/** A JSON value as a Nix expression. */
+export const nixJson = (x: unknown): string => `(builtins.fromJSON ${JSON.stringify(JSON.stringify(x))})`;
 
 let sandbox: string | undefined;
 function nixEnv(): NodeJS.ProcessEnv {
@@ -41,6 +47,11 @@ export function requireNix(): string {
         String((err as Error).message),
     );
   }
+}
+
+/** The isolated environment nix runs with (private state, cache and home). */
+export function nixProcessEnv(): NodeJS.ProcessEnv {
+  return nixEnv();
 }
 
 function run(args: string[]): string {

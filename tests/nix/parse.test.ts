@@ -20,6 +20,12 @@ t.test('the expected Nix files exist', async (t) => {
     'nixos-modules/lib/options.nix',
     'nixos-modules/lib/unit.nix',
     'nixos-modules/lib/k3s.nix',
+    'nix/npm-lock.nix',
+    'nix/npm-deps.nix',
+    'tests/nix/fixtures/standin-nixpkgs/flake.nix',
+    'tests/nix/fixtures/standin-nixpkgs/default.nix',
+    'tests/nix/fixtures/standin-nixpkgs/modules.nix',
+    'tests/nix/fixtures/standin-nixpkgs/nixos.nix',
   ]) {
     t.ok(rel.includes(f), f);
   }

@@ -16,6 +16,14 @@ export interface VariableSpec {
 
 export const VARIABLES: readonly VariableSpec[] = (table as { variables: VariableSpec[] }).variables;
 
+/**
+ * Test-only knobs: read by the loader with the same checks, but not operator settings, so not in
+ * variables.json (hence no NixOS option and no row in the README's configuration table).
+ */
+export const TEST_KNOBS: readonly VariableSpec[] = [
+  { name: 'LOOM_BRANCHING_TEST_DELAY_MS', option: null, type: 'int', min: 0, max: 3600000, default: 0, description: 'tests only: branching operations sleep this long after copying' },
+];
+
 export interface WeaverConfig {
   enabled: boolean;
   backend: 'local' | 'kubernetes';
@@ -125,7 +133,7 @@ export function parseVariable(spec: VariableSpec, raw: string | undefined): Valu
 /** Reads and validates every variable of the table; throws ConfigError naming the first wrong one. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const v = new Map<string, Value>();
-  for (const spec of VARIABLES) v.set(spec.name, parseVariable(spec, env[spec.name]));
+  for (const spec of [...VARIABLES, ...TEST_KNOBS]) v.set(spec.name, parseVariable(spec, env[spec.name]));
   const get = <T extends Value>(name: string): T => {
     if (!v.has(name)) throw new Error(`config variable ${name} is not in variables.json`);
     return v.get(name) as T;
