@@ -16,6 +16,7 @@ for (const stream of [process.stdout, process.stderr]) {
     throw e;
   });
 }
+import { registerSecretCommands } from './secret.js';
 
 const program = new Command('loom')
   .description('Loom: disposable development environments (weavers) and near-instant state branching')
@@ -30,6 +31,7 @@ registerWeaverCommands(program);
 registerImageCommands(program);
 registerBranchingCommands(program);
 registerExecCommands(program);
+registerSecretCommands(program);
 
 function fail(message: string, code = 1): never {
   process.stderr.write(`loom: ${message}\n`);

@@ -104,6 +104,7 @@ export function registerWeaverCommands(program: Command): void {
     .option('--org <org>', 'organization: UUID, slug or name (default: your personal org)')
     .option('--repo <url>', 'https git repository to clone into /workspace/<repo-name>')
     .option('--branch <branch>', 'branch to check out (needs --repo)')
+    .option('--git-secret <NAME>', 'clone a private --repo with the token in this secret (default: a GIT_TOKEN set for the repo or the weaver)')
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect, [])
     .option('--ttl <hours>', 'lifetime in hours (at most the server maximum, 48 by default)')
     .option('--cpu <quantity>', 'CPU limit, e.g. 500m or 2')
@@ -113,11 +114,12 @@ export function registerWeaverCommands(program: Command): void {
     .option('-d, --detach', 'do not attach; print the id')
     .option('--json', 'output the weaver as JSON (implies --detach)')
     .argument('[command...]', 'argv to run instead of the image\'s default (after --)')
-    .action(async (command: string[], opts: { image?: string; org?: string; repo?: string; branch?: string; env: string[]; ttl?: string; cpu?: string; memory?: string; tag: string[]; detach?: boolean; fromSnapshot?: string }, cmd: Command) => {
+    .action(async (command: string[], opts: { image?: string; org?: string; repo?: string; branch?: string; gitSecret?: string; env: string[]; ttl?: string; cpu?: string; memory?: string; tag: string[]; detach?: boolean; fromSnapshot?: string }, cmd: Command) => {
       const g = globals(cmd);
       if (opts.fromSnapshot && opts.image) throw new CliError('give either --image or --from-snapshot, not both');
       if (opts.fromSnapshot && opts.repo) throw new CliError('give either --repo or --from-snapshot, not both');
       if (opts.branch && !opts.repo) throw new CliError('--branch needs --repo');
+      if (opts.gitSecret && !opts.repo) throw new CliError('--git-secret needs --repo');
       if (opts.repo && !/^https:\/\//i.test(opts.repo)) throw new CliError(`--repo must be an https URL (got ${opts.repo})`);
       const ttl = parseTtl(opts.ttl);
       const env = parseKeyValues(opts.env, 'env', ENV_KEY_RE);
@@ -130,6 +132,7 @@ export function registerWeaverCommands(program: Command): void {
         ...(orgId ? { org_id: orgId } : {}),
         ...(opts.repo ? { repo: opts.repo } : {}),
         ...(opts.branch ? { branch: opts.branch } : {}),
+        ...(opts.gitSecret ? { git_secret: opts.gitSecret } : {}),
         ...(Object.keys(env).length ? { env } : {}),
         ...(ttl !== undefined ? { lifetime_hours: ttl } : {}),
         ...(command.length ? { command } : {}),

@@ -98,6 +98,23 @@ admin
     });
   });
 
+admin
+  .command('rotate-master-key')
+  .description('re-wrap every secret\'s data key under a new master key (LOOM_SECRETS_MASTER_KEY_FILE); stop loom-server first')
+  .action(async () => {
+    const cfg = config();
+    const log = createLogger('warn', process.stderr);
+    const { secretsMigrations } = await import('../secrets/migrations.js');
+    const { Keyring } = await import('../secrets/keyring.js');
+    const core = openCore(cfg, log, [{ name: 'secrets', migrations: secretsMigrations }]);
+    try {
+      const r = Keyring.rotate(core.ctx.db, cfg.secrets.masterKeyFile, log);
+      process.stderr.write(`master key rotated to version ${r.version}; ${r.rewrapped} data key(s) re-wrapped. Back up ${cfg.secrets.masterKeyFile} now: the previous key no longer opens anything\n`);
+    } finally {
+      core.close();
+    }
+  });
+
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof CommanderError) process.exit(e.exitCode);
   if (e instanceof ConfigError) fail(e.message);

@@ -65,12 +65,17 @@ export interface RunningServer {
 /** Loads the components the configuration asks for; a disabled part costs nothing. */
 export async function loadComponents(config: Config, log: Logger): Promise<ServerComponent[]> {
   const components: ServerComponent[] = [];
+  let weavers: import('../weaver/component.js').WeaverComponent | null = null;
   if (config.weaver.enabled) {
     const { weaverComponent } = await import('../weaver/component.js');
-    components.push(await weaverComponent(config, log));
+    weavers = await weaverComponent(config, log);
+    components.push(weavers);
   }
   const { branchingComponent } = await import('../branching/component.js');
   components.push(await branchingComponent(config, log));
+  // After weavers: it reads their records and plugs into their backend.
+  const { secretsComponent } = await import('../secrets/component.js');
+  components.push(secretsComponent(config, log, weavers));
   return components;
 }
 

@@ -20,22 +20,45 @@ export interface BackendHandle {
 export async function createBackend(config: Config, log: Logger): Promise<BackendHandle> {
   if (config.weaver.backend === 'kubernetes') {
     const { KubernetesProvisioner } = await import('../provisioners/kubernetes/index.js');
-    return { provisioner: new KubernetesProvisioner({ config: config.weaver, log: log.child({ backend: 'kubernetes' }) }) };
+    return { provisioner: new KubernetesProvisioner({ config: config.weaver, log: log.child({ backend: 'kubernetes' }), ...(config.secrets.kubernetesUrl ? { secretsUrl: config.secrets.kubernetesUrl, secretsSizeLimit: config.secrets.tmpfsSize } : {}) }) };
   }
   const { localBackend } = await import('../provisioners/local/component.js');
   return localBackend(config, log.child({ backend: 'local' }));
 }
 
+/** What other components may know of weavers: records by id (read-only) and removals. */
+export interface WeaverDirectory {
+  get(id: string): { id: string; org_id: string; owner_user_id: string; repo?: string } | null;
+  onRemoved(cb: (id: string) => void): () => void;
+}
+
+export interface WeaverComponent extends ServerComponent {
+  readonly directory: WeaverDirectory;
+  readonly provisioner: Provisioner;
+}
+
 /** The weaver API as a server component. */
-export async function weaverComponent(config: Config, log: Logger, backend?: BackendHandle): Promise<ServerComponent> {
+export async function weaverComponent(config: Config, log: Logger, backend?: BackendHandle): Promise<WeaverComponent> {
   const b = backend ?? (await createBackend(config, log));
   let svc: WeaverService | null = null;
   const service = () => {
     if (!svc) throw new Error('weaver component not started');
     return svc;
   };
+  const removed = new Set<(id: string) => void>();
   return {
     name: 'weaver',
+    provisioner: b.provisioner,
+    directory: {
+      get(id) {
+        const w = svc?.record(id);
+        return w ? { id: w.id, org_id: w.org_id, owner_user_id: w.owner_user_id, ...(w.repo ? { repo: w.repo } : {}) } : null;
+      },
+      onRemoved(cb) {
+        removed.add(cb);
+        return () => removed.delete(cb);
+      },
+    },
     migrations: weaverMigrations,
     async start(ctx) {
       const store = new WeaverStore(ctx.db);
@@ -52,6 +75,9 @@ export async function weaverComponent(config: Config, log: Logger, backend?: Bac
         snapshotLookup: () => ctx.snapshotLookup,
       });
       ctx.weaverBranching = svc.branchingPort();
+      svc.onRemoved((id) => {
+        for (const cb of removed) cb(id);
+      });
       ctx.healthChecks.set('weaver_backend', () => b.provisioner.health());
       await svc.start();
     },

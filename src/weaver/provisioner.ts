@@ -28,6 +28,8 @@ export interface WeaverSpec {
   image: string;
   repo?: string;
   branch?: string;
+  /** The name of the secret that holds the token for cloning a private repo (never the value). */
+  gitSecret?: string;
   env: Record<string, string>;
   /** argv; when absent the image's own entrypoint/cmd runs. */
   command?: string[];

@@ -23,6 +23,7 @@ export const CreateWeaverBody = Type.Object(
     org_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
     repo: Type.Optional(Type.String({ minLength: 1, maxLength: 2048 })),
     branch: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
+    git_secret: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
     env: Type.Optional(StrMap),
     lifetime_hours: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
     command: Type.Optional(Type.Array(Type.String({ maxLength: 32768 }), { minItems: 1, maxItems: 1024 })),

@@ -48,6 +48,7 @@ export class WeaverService {
   private diskTimer: NodeJS.Timeout | null = null;
   private checkingDisk = false;
   private unwatch: (() => void) | null = null;
+  private readonly removedListeners = new Set<(id: string) => void>();
 
   constructor(private readonly d: WeaverServiceDeps) {}
 
@@ -228,6 +229,7 @@ export class WeaverService {
       image,
       ...(v.repo ? { repo: v.repo } : {}),
       ...(v.branch ? { branch: v.branch } : {}),
+      ...(v.gitSecret ? { gitSecret: v.gitSecret } : {}),
       env: v.env,
       ...(v.command ? { command: v.command } : {}),
       resources: v.resources,
@@ -271,6 +273,17 @@ export class WeaverService {
     return this.authorized(user, id, 'control');
   }
 
+  /** Called after a weaver's record is gone (other components drop what they bound to it). */
+  onRemoved(cb: (id: string) => void): () => void {
+    this.removedListeners.add(cb);
+    return () => this.removedListeners.delete(cb);
+  }
+
+  /** The record, for other components' own checks (no user check here). */
+  record(id: string): Weaver | null {
+    return this.d.store.get(id);
+  }
+
   list(user: User): Weaver[] {
     return this.d.store.listForOrgs(this.d.orgs.orgIdsOf(user.id));
   }
@@ -299,6 +312,13 @@ export class WeaverService {
         throw new LoomError(500, 'delete_failed', `deleting weaver ${id} failed (${errorMessage(e)}); it stays terminating and is retried on the next sweep`);
       }
       this.d.store.remove(id);
+      for (const l of this.removedListeners) {
+        try {
+          l(id);
+        } catch (e) {
+          this.d.log.warn({ weaver: id, err: e }, 'weaver removal listener threw');
+        }
+      }
       this.d.metrics.deleted.inc();
       this.d.log.info({ weaver: id, why }, 'weaver deleted');
     })().finally(() => this.deleting.delete(id));

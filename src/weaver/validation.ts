@@ -7,6 +7,7 @@ export interface CreateWeaverRequest {
   org_id?: string;
   repo?: string;
   branch?: string;
+  git_secret?: string;
   env?: Record<string, string>;
   lifetime_hours?: number;
   command?: string[];
@@ -72,6 +73,7 @@ export interface ValidatedCreate {
   image: string | undefined;
   repo?: string;
   branch?: string;
+  gitSecret?: string;
   env: Record<string, string>;
   lifetimeHours: number;
   command?: string[];
@@ -91,6 +93,10 @@ export function validateCreate(req: CreateWeaverRequest, cfg: WeaverConfig): Val
   if (req.branch !== undefined && req.repo === undefined) throw badRequest('branch needs repo', 'branch_without_repo');
   if (req.repo !== undefined) validateRepo(req.repo);
   if (req.branch !== undefined && !isValidBranch(req.branch)) throw badRequest(`invalid branch name ${JSON.stringify(req.branch)}`, 'invalid_branch');
+  if (req.git_secret !== undefined && req.repo === undefined) throw badRequest('git_secret needs repo', 'git_secret_without_repo');
+  if (req.git_secret !== undefined && !/^[A-Z][A-Z0-9_]{0,127}$/.test(req.git_secret)) {
+    throw badRequest(`invalid git_secret ${JSON.stringify(req.git_secret.slice(0, 140))}: a secret name (upper-case letters, digits and _)`, 'invalid_git_secret');
+  }
   const env = req.env ?? {};
   for (const [k, v] of Object.entries(env)) {
     if (!ENV_KEY_RE.test(k)) throw badRequest(`invalid env key ${JSON.stringify(k)}: letters, digits and _, not starting with a digit`, 'invalid_env');
@@ -119,6 +125,7 @@ export function validateCreate(req: CreateWeaverRequest, cfg: WeaverConfig): Val
     image: req.image,
     ...(req.repo !== undefined ? { repo: req.repo } : {}),
     ...(req.branch !== undefined ? { branch: req.branch } : {}),
+    ...(req.git_secret !== undefined ? { gitSecret: req.git_secret } : {}),
     env,
     lifetimeHours: lifetime,
     ...(req.command !== undefined ? { command: req.command } : {}),

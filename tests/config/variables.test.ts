@@ -17,6 +17,7 @@ const NOT_SERVER = ['src/cli/'];
 // Names the server *sets* in a weaver's environment (pod spec / OCI config); it never reads them.
 const WEAVER_ENV = new Set([
   'LOOM_WEAVER_ID',
+  'LOOM_SECRETS_DIR',
   'LOOM_AUDIT_BATCH_INTERVAL_MS',
   'LOOM_AUDIT_BUFFER_MAX_BYTES',
   'LOOM_AUDIT_METRICS_PORT',

@@ -58,6 +58,7 @@ export const FULL_SAMPLE = {
     },
   },
   branching: { gcIntervalSecs: 300, importRoots: ['/srv/rootfs', '/data/images'], archiveMaxBytes: 4294967296 },
+  secrets: { masterKeyFile: '/run/keys/loom-master.key', tmpfsSize: '4Mi', kubernetesUrl: 'http://loom.loom-system.svc:18090' },
 };
 
 const FULL_ENV = {
@@ -113,6 +114,9 @@ const FULL_ENV = {
   LOOM_SERVER_WEAVER_GIT_CA_FILE: '/etc/loom/git-ca.pem',
   LOOM_BRANCHING_IMPORT_ROOTS: '/srv/rootfs,/data/images',
   LOOM_BRANCHING_ARCHIVE_MAX_BYTES: '4294967296',
+  LOOM_SECRETS_MASTER_KEY_FILE: '/run/keys/loom-master.key',
+  LOOM_SECRETS_TMPFS_SIZE: '4Mi',
+  LOOM_SECRETS_K8S_URL: 'http://loom.loom-system.svc:18090',
 };
 
 const DEFAULT_ENV = {
@@ -160,6 +164,7 @@ const DEFAULT_ENV = {
   LOOM_SERVER_WEAVER_GIT_MAX_BYTES: '1073741824',
   LOOM_SERVER_WEAVER_GIT_TIMEOUT_SECS: '300',
   LOOM_BRANCHING_ARCHIVE_MAX_BYTES: '2147483648',
+  LOOM_SECRETS_TMPFS_SIZE: '1Mi',
 };
 
 const mapped = VARIABLES.filter((v) => v.option !== null);

@@ -3,7 +3,7 @@
  * Nothing here talks to the API server; tests validate every shape this builds against the
  * Kubernetes OpenAPI schema.
  */
-import type { V1Container, V1EnvVar, V1Pod, V1SecurityContext } from '@kubernetes/client-node';
+import type { V1Container, V1EnvVar, V1Pod, V1SecurityContext, V1Volume } from '@kubernetes/client-node';
 import type { WeaverConfig } from '../../server/config/load.js';
 import type { WeaverSpec } from '../../weaver/provisioner.js';
 import {
@@ -33,7 +33,30 @@ export interface PodSpecOptions {
   audit: AuditSettings;
   /** Image of the clone init container; the weaver image (expected to have git) when unset. */
   gitImage?: string;
+  /** Secrets: an init container fetches them from loom-server at url into an in-memory volume. */
+  secrets?: { url: string; sizeLimit: string };
 }
+
+export const SECRETS_AUDIENCE = 'loom-secrets';
+export const SECRETS_CONTAINER = 'loom-secrets';
+export const SECRETS_VOLUME = 'loom-secrets';
+export const SECRETS_TOKEN_VOLUME = 'loom-secrets-token';
+export const SECRETS_DIR = '/run/secrets/loom';
+const SECRETS_TOKEN_DIR = '/var/run/secrets/loom-secrets-token';
+
+/**
+ * The secrets init container's program (busybox/POSIX sh + wget + tar): send the pod's projected
+ * token (audience loom-secrets) to loom-server, which answers with a tar of 0400 files. No value
+ * is ever in the pod spec, an environment variable or an argument; the URL is $0.
+ */
+export const SECRETS_FETCH_SCRIPT = [
+  'set -eu',
+  'umask 0277',
+  `cd ${SECRETS_DIR}`,
+  `wget -q -O .bundle.tar --header "Authorization: Bearer $(cat ${SECRETS_TOKEN_DIR}/token)" --post-data "" "$0/internal/secrets/k8s/fetch"`,
+  'tar -xf .bundle.tar',
+  'rm -f .bundle.tar',
+].join('\n');
 
 /** The weaver user of the images: uid and gid 1000. */
 export const WEAVER_UID = 1000;
@@ -65,6 +88,21 @@ export function workingDir(spec: Pick<WeaverSpec, 'repo'>): string {
 /** argv of the clone init container (no shell). */
 export function cloneCommand(repo: string, branch?: string): string[] {
   return ['git', 'clone', '--depth', '1', ...(branch ? ['--branch', branch] : []), '--', repo, `${WORKSPACE_DIR}/${repoDirName(repo)}`];
+}
+
+/** The file (in the secrets volume) holding the clone token, written by loom-server's bundle. */
+export const GIT_TOKEN_FILE = '.git-token';
+export const GIT_SECRET_ANNOTATION = 'loom.dev/git-secret';
+
+/**
+ * The clone argv when the pod has secrets: git asks a credential helper, which reads the token
+ * from the in-memory volume (only after the server answers 401); the token is never in argv,
+ * the environment or the pod spec, and git's credential protocol gives it to that host only.
+ */
+export function cloneCommandWithToken(repo: string, branch?: string): string[] {
+  const helper = `!f() { test "$1" = get || exit 0; test -r ${SECRETS_DIR}/${GIT_TOKEN_FILE} || exit 0; echo username=x-access-token; printf 'password=%s\\n' "$(cat ${SECRETS_DIR}/${GIT_TOKEN_FILE})"; }; f`;
+  const [git, ...rest] = cloneCommand(repo, branch);
+  return [git!, '-c', 'credential.helper=', '-c', `credential.helper=${helper}`, ...rest];
 }
 
 /** activeDeadlineSeconds: the lifetime, a second guard beside the lifecycle layer's TTL timer. */
@@ -171,11 +209,33 @@ export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
 
   const initContainers: V1Container[] = [];
   if (opts.audit.enabled) initContainers.push(auditSidecar(spec, opts.audit));
+  const volumes: V1Volume[] = [{ name: WORKSPACE_VOLUME, emptyDir: {} }];
+  if (opts.secrets) {
+    volumes.push(
+      { name: SECRETS_VOLUME, emptyDir: { medium: 'Memory', sizeLimit: opts.secrets.sizeLimit } },
+      // Only the init container mounts it; the pod's own service-account token stays unmounted.
+      { name: SECRETS_TOKEN_VOLUME, projected: { defaultMode: 0o400, sources: [{ serviceAccountToken: { audience: SECRETS_AUDIENCE, expirationSeconds: 600, path: 'token' } }] } },
+    );
+    initContainers.push({
+      name: SECRETS_CONTAINER,
+      image: spec.image,
+      command: ['sh', '-c', SECRETS_FETCH_SCRIPT, opts.secrets.url],
+      resources: { requests: { cpu: '10m', memory: '16Mi' }, limits: { cpu: '200m', memory: '64Mi' } },
+      securityContext: restrictedSecurityContext(),
+      volumeMounts: [
+        { name: SECRETS_VOLUME, mountPath: SECRETS_DIR },
+        { name: SECRETS_TOKEN_VOLUME, mountPath: SECRETS_TOKEN_DIR, readOnly: true },
+      ],
+      terminationMessagePolicy: 'FallbackToLogsOnError',
+    });
+    main.volumeMounts!.push({ name: SECRETS_VOLUME, mountPath: SECRETS_DIR, readOnly: true });
+    main.env = [...(main.env ?? []), { name: 'LOOM_SECRETS_DIR', value: SECRETS_DIR }];
+  }
   if (spec.repo) {
     initContainers.push({
       name: CLONE_CONTAINER,
       image: opts.gitImage || spec.image,
-      command: cloneCommand(spec.repo, spec.branch),
+      command: opts.secrets ? cloneCommandWithToken(spec.repo, spec.branch) : cloneCommand(spec.repo, spec.branch),
       env: [
         // Fail instead of waiting for credentials nobody will type.
         { name: 'GIT_TERMINAL_PROMPT', value: '0' },
@@ -185,7 +245,7 @@ export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
       // and a ResourceQuota on limits needs every container to have them.
       resources,
       securityContext: restrictedSecurityContext(),
-      volumeMounts: [workspaceMount],
+      volumeMounts: [workspaceMount, ...(opts.secrets ? [{ name: SECRETS_VOLUME, mountPath: SECRETS_DIR, readOnly: true }] : [])],
       // git's own error ("fatal: …") becomes the termination message the status shows.
       terminationMessagePolicy: 'FallbackToLogsOnError',
     });
@@ -202,6 +262,8 @@ export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
     [LIFETIME_ANNOTATION]: String(spec.lifetimeHours),
     [EXPIRES_AT_ANNOTATION]: spec.expiresAt.toISOString(),
     [TAGS_ANNOTATION]: JSON.stringify(spec.tags),
+    // The secret's name only: the server reads it from the live pod when the pod asks for its secrets.
+    ...(spec.gitSecret && opts.secrets ? { [GIT_SECRET_ANNOTATION]: spec.gitSecret } : {}),
   };
 
   return {
@@ -226,7 +288,7 @@ export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
       ...(opts.imagePullSecrets.length > 0 ? { imagePullSecrets: opts.imagePullSecrets.map((name) => ({ name })) } : {}),
       ...(initContainers.length > 0 ? { initContainers } : {}),
       containers: [main],
-      volumes: [{ name: WORKSPACE_VOLUME, emptyDir: {} }],
+      volumes,
     },
   };
 }

@@ -2,7 +2,7 @@
  * The Kubernetes (k3s) backend: one pod per weaver in one namespace, status from a pod
  * informer (list + watch, never polling), attach and logs through the pod subresources.
  */
-import { CoreV1Api, KubeConfig, ListWatch, NetworkingV1Api, Watch, type V1Pod } from '@kubernetes/client-node';
+import { AuthenticationV1Api, CoreV1Api, KubeConfig, ListWatch, NetworkingV1Api, Watch, type V1Pod } from '@kubernetes/client-node';
 import { LoomError, errorMessage } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { WeaverConfig } from '../../server/config/load.js';
@@ -21,9 +21,9 @@ import type {
 import { attachPod } from './attach.js';
 import { execPod } from './exec.js';
 import { apiServerUrl, describeApiError, isNotFound, loadKubeConfig, withTimeout } from './client.js';
-import { MAIN_CONTAINER, MANAGED_SELECTOR, podName } from './labels.js';
+import { MAIN_CONTAINER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_SELECTOR, WEAVER_ID_ANNOTATION, podName } from './labels.js';
 import { streamPodLog } from './logs.js';
-import { buildPod, type PodSpecOptions } from './pod-spec.js';
+import { GIT_SECRET_ANNOTATION, buildPod, type PodSpecOptions } from './pod-spec.js';
 import { podToWeaver, weaverIdOf } from './status.js';
 import { DEFAULT_INTERNAL_CIDRS, buildNetworkPolicies } from './network-policy.js';
 
@@ -40,6 +40,10 @@ export interface KubernetesProvisionerOptions {
   env?: NodeJS.ProcessEnv;
   /** Image of the git clone init container; the weaver image itself when unset. */
   gitImage?: string;
+  /** URL pods reach loom-server at for their secrets (LOOM_SECRETS_K8S_URL); empty: no secrets init container. */
+  secretsUrl?: string;
+  /** sizeLimit of the pod's in-memory secrets volume (LOOM_SECRETS_TMPFS_SIZE; default 1Mi). */
+  secretsSizeLimit?: string;
   /** Grace period given to a deleted pod (default 5 s). */
   deleteGracePeriodSeconds?: number;
   /** Timeout of single API requests (default 15 s). */
@@ -104,11 +108,53 @@ export class KubernetesProvisioner implements Provisioner {
       imagePullSecrets: opts.config.imagePullSecrets,
       audit: opts.config.audit,
       ...(opts.gitImage ? { gitImage: opts.gitImage } : {}),
+      ...(opts.secretsUrl ? { secrets: { url: opts.secretsUrl, sizeLimit: opts.secretsSizeLimit ?? '1Mi' } } : {}),
     };
     this.grace = opts.deleteGracePeriodSeconds ?? 5;
     this.timeoutMs = opts.requestTimeoutMs ?? 15_000;
     this.retryMs = opts.watchRetryMs ?? 1000;
     this.retryDelay = this.retryMs;
+  }
+
+  /**
+   * Which weaver a pod's projected service-account token belongs to: a TokenReview with the given
+   * audience, the pod name and UID from the review's user info (never from the caller), the live
+   * pod in our namespace with that UID, managed by us, not terminating. Throws LoomError 401.
+   */
+  async identifyPod(token: string, audience: string): Promise<{ weaverId: string; podName: string; gitSecret?: string }> {
+    const refuse = (why: string) => new LoomError(401, 'pod_identity_refused', why);
+    let review;
+    try {
+      review = await withTimeout(
+        this.kc.makeApiClient(AuthenticationV1Api).createTokenReview({ body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [audience] } } }),
+        this.timeoutMs,
+        'a TokenReview',
+      );
+    } catch (e) {
+      throw new LoomError(503, 'kubernetes_unavailable', `TokenReview failed: ${describeApiError(e).message}`);
+    }
+    const st = review.status;
+    if (!st?.authenticated) throw refuse('the token was not authenticated');
+    if (!st.audiences?.includes(audience)) throw refuse(`the token is not for audience ${audience}`);
+    const prefix = `system:serviceaccount:${this.namespace}:`;
+    if (!st.user?.username?.startsWith(prefix)) throw refuse('the token is not a service account of the weaver namespace');
+    const name = st.user.extra?.['authentication.kubernetes.io/pod-name']?.[0];
+    const uid = st.user.extra?.['authentication.kubernetes.io/pod-uid']?.[0];
+    if (!name || !uid) throw refuse('the token is not bound to a pod');
+    let pod: V1Pod;
+    try {
+      pod = await withTimeout(this.api.readNamespacedPod({ name, namespace: this.namespace }), this.timeoutMs, 'reading a pod');
+    } catch (e) {
+      if (isNotFound(e)) throw refuse('the token\'s pod no longer exists');
+      throw this.apiError(e, `reading pod ${name}`);
+    }
+    if (pod.metadata?.uid !== uid) throw refuse('the token\'s pod was replaced (UID differs)');
+    if (pod.metadata?.labels?.[MANAGED_BY_LABEL] !== MANAGED_BY_VALUE) throw refuse('the token\'s pod is not a weaver');
+    if (pod.metadata?.deletionTimestamp) throw refuse('the token\'s pod is terminating');
+    const weaverId = pod.metadata?.annotations?.[WEAVER_ID_ANNOTATION];
+    if (!weaverId || podName(weaverId) !== name) throw refuse('the token\'s pod is not a weaver');
+    const gitSecret = pod.metadata?.annotations?.[GIT_SECRET_ANNOTATION];
+    return { weaverId, podName: name, ...(gitSecret ? { gitSecret } : {}) };
   }
 
   /** The API server URL in use. */

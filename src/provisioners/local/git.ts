@@ -109,7 +109,27 @@ async function treeBytes(dir: string): Promise<number> {
  * `git clone --depth 1 [--branch B] -- URL <workspace>/<name>` under the rules above, then the
  * tree is chowned to uid:gid (the weaver user).
  */
-export async function cloneRepo(url: string, branch: string | undefined, workspace: string, uid: number, gid: number, opts: GitOptions = DEFAULT_GIT_OPTIONS): Promise<CloneResult> {
+/**
+ * The token a private repository is cloned with, as git config in the git child's environment
+ * (GIT_CONFIG_COUNT/KEY/VALUE): never in argv (world-readable in /proc/<pid>/cmdline) nor in the
+ * URL (echoed in messages); a process environment is readable only by its owner and root.
+ * The header is scoped to this URL and redirects are refused, so it goes to no other host.
+ */
+export function tokenEnv(url: string, token: string): Record<string, string> {
+  const cred = token.includes(':') ? token : `x-access-token:${token}`;
+  return {
+    GIT_CONFIG_COUNT: '2',
+    GIT_CONFIG_KEY_0: `http.${url}.extraHeader`,
+    GIT_CONFIG_VALUE_0: `Authorization: Basic ${Buffer.from(cred).toString('base64')}`,
+    GIT_CONFIG_KEY_1: 'http.followRedirects',
+    GIT_CONFIG_VALUE_1: 'false',
+  };
+}
+
+export async function cloneRepo(
+  url: string, branch: string | undefined, workspace: string, uid: number, gid: number, opts: GitOptions = DEFAULT_GIT_OPTIONS,
+  tokenSource?: () => Promise<string | null>,
+): Promise<CloneResult> {
   const dir = join(workspace, repoName(url));
   const fail = (message: string): CloneResult => ({ ok: false, message, dir });
   let u: URL;
@@ -151,6 +171,8 @@ export async function cloneRepo(url: string, branch: string | undefined, workspa
       SSH_ASKPASS: '/bin/false',
       GIT_PROTOCOL_FROM_USER: '0',
     };
+    const token = tokenSource ? await tokenSource() : null;
+    if (token) Object.assign(env, tokenEnv(url, token));
     const r = await new Promise<{ code: number | null; stderr: string; timedOut: boolean; tooBig: boolean }>((resolve) => {
       // SIGXFSZ ignored (inherited across exec): a write past the cap fails with EFBIG and git says
       // "File too large" instead of a helper dying without a word.

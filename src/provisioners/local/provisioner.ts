@@ -102,6 +102,8 @@ export class LocalProvisioner implements Provisioner {
   readonly exitDir: string;
   /** Features plug into container setup and teardown here (hooks.ts); nothing else knows our paths. */
   readonly hooks = new RuntimeHooks();
+  /** Supplies the token a private repository is cloned with (set by the secrets feature); null: clone anonymously. */
+  gitToken: ((w: { id: string; orgId: string; repo: string; secretName?: string }) => Promise<string | null>) | null = null;
   private readonly log: Logger;
   private readonly opts: LocalProvisionerOptions;
   private readonly materializer: Materializer;
@@ -358,7 +360,15 @@ export class LocalProvisioner implements Provisioner {
       if (!spec.fromSnapshot) await fsp.chown(workspace, user.uid, user.gid);
       let cwd = resolved.config.workingDir || '/workspace';
       if (spec.repo && !spec.fromSnapshot) {
-        const r = await cloneRepo(spec.repo, spec.branch, workspace, user.uid, user.gid, this.opts.git);
+        const source = this.gitToken;
+        const repo = spec.repo;
+        const tokenSource = source ? () => source({ id, orgId: spec.orgId, repo, ...(spec.gitSecret ? { secretName: spec.gitSecret } : {}) }) : undefined;
+        let r;
+        try {
+          r = await cloneRepo(repo, spec.branch, workspace, user.uid, user.gid, this.opts.git, tokenSource);
+        } catch (e) {
+          return await fail(`git clone failed: ${errorMessage(e)}`, `loom: git clone failed: ${errorMessage(e)}`);
+        }
         if (signal.aborted) return;
         if (!r.ok) {
           const reason = `git clone failed: ${r.message}`;

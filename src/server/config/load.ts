@@ -1,4 +1,4 @@
-import { isAbsolute, resolve } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
 import table from './variables.json' with { type: 'json' };
 import { cpuMillis, memoryBytes } from '../../common/quantity.js';
 import { parseCidrs } from '../../common/netaddr.js';
@@ -78,6 +78,16 @@ export interface Config {
   /** Per-user and per-org quotas over weavers and branching containers; 0 means no limit. */
   quota: { user: QuotaLimit; org: QuotaLimit };
   minFreeDiskBytes: number;
+  secrets: SecretsConfig;
+}
+
+export interface SecretsConfig {
+  /** Absolute or relative path; '' was resolved to <dataDir>/secrets/master.key. */
+  masterKeyFile: string;
+  /** Size cap of a weaver's secrets tmpfs, a memory quantity. */
+  tmpfsSize: string;
+  /** URL weaver pods reach loom-server at for their secrets; '' means no secrets on kubernetes. */
+  kubernetesUrl: string;
 }
 
 export interface QuotaLimit {
@@ -246,6 +256,11 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       },
     },
     minFreeDiskBytes: memoryBytes(get<string>('LOOM_MIN_FREE_DISK'))!,
+    secrets: {
+      masterKeyFile: get<string>('LOOM_SECRETS_MASTER_KEY_FILE') || join(get<string>('LOOM_DATA_DIR'), 'secrets', 'master.key'),
+      tmpfsSize: get<string>('LOOM_SECRETS_TMPFS_SIZE'),
+      kubernetesUrl: get<string>('LOOM_SECRETS_K8S_URL'),
+    },
   };
   try {
     parseCidrs(cfg.weaver.git.allowedNetworks);

@@ -20,6 +20,7 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, mkdirSync, copyFileSync, symlinkSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { AddressInfo, Socket } from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
 import { Pod } from 'kubernetes-models/v1';
@@ -190,6 +191,9 @@ export class K8sStandin {
   readonly networkPolicies = new Map<string, JsonObject>();
   // Their own resourceVersion counter: pod watches replay pod events by the pod counter.
   private npRv = 5000;
+  private readonly saTokens = new Map<string, { namespace: string; serviceAccount: string; podName: string; podUid: string; audience: string }>();
+  /** The audiences every TokenReview asked for (a review without an audience is a test failure). */
+  readonly tokenReviews: { audiences: string[] }[] = [];
   private readonly logs = new Map<string, string>();
   private readonly logFollowers = new Map<string, Set<http.ServerResponse>>();
   private readonly attaches = new Map<string, Set<AttachConn>>();
@@ -584,6 +588,7 @@ export class K8sStandin {
     if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/log$/.exec(url.pathname)) && method === 'GET') {
       return this.log(decodeURIComponent(m[1]), decodeURIComponent(m[2]), query, req, res);
     }
+    if (url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews' && method === 'POST') return this.tokenReview(await this.body(req), res);
     return this.send(res, 404, status(404, 'NotFound', 'the server could not find the requested resource'));
   }
 
@@ -630,6 +635,39 @@ export class K8sStandin {
       return this.send(res, 200, stored);
     }
     return this.send(res, 405, status(405, 'MethodNotAllowed', `${method} not allowed`));
+  }
+
+  /**
+   * Issues a bound service-account token for a pod, as the kubelet's projected volume would
+   * (audience, pod name and uid); only this stand-in's TokenReview knows it.
+   */
+  issueServiceAccountToken(o: { podName: string; podUid: string; audience: string; namespace?: string; serviceAccount?: string }): string {
+    const token = `standin-sa.${randomBytes(24).toString('base64url')}`;
+    this.saTokens.set(token, { namespace: 'loom-weavers', serviceAccount: 'default', ...o });
+    return token;
+  }
+
+  /** TokenReview (authentication.k8s.io/v1): authenticated only for a known token whose audience was asked for. */
+  private tokenReview(body: unknown, res: http.ServerResponse): void {
+    const b = body as { apiVersion?: string; kind?: string; spec?: { token?: string; audiences?: string[] } } | undefined;
+    if (b?.kind !== 'TokenReview' || typeof b.spec?.token !== 'string') return this.send(res, 400, status(400, 'BadRequest', 'TokenReview with spec.token expected'));
+    this.tokenReviews.push({ audiences: b.spec.audiences ?? [] });
+    const t = this.saTokens.get(b.spec.token);
+    const wanted = b.spec.audiences ?? [];
+    const ok = !!t && (wanted.length === 0 ? false : wanted.includes(t.audience));
+    const statusBody = ok
+      ? {
+          authenticated: true,
+          audiences: [t!.audience],
+          user: {
+            username: `system:serviceaccount:${t!.namespace}:${t!.serviceAccount}`,
+            uid: randomUUID(),
+            groups: ['system:serviceaccounts', `system:serviceaccounts:${t!.namespace}`, 'system:authenticated'],
+            extra: { 'authentication.kubernetes.io/pod-name': [t!.podName], 'authentication.kubernetes.io/pod-uid': [t!.podUid] },
+          },
+        }
+      : { authenticated: false, error: t ? 'token audiences do not match' : 'invalid bearer token' };
+    return this.send(res, 201, { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', metadata: { creationTimestamp: null }, spec: b.spec, status: statusBody });
   }
 
   private create(ns: string, body: unknown, res: http.ServerResponse): void {
