@@ -101,6 +101,7 @@ struct {
 static __always_inline int weaver_of_current(__u64 *cg, __u32 *idx) {
   __u64 id = bpf_get_current_cgroup_id();
   __u32 *w = bpf_map_lookup_elem(&weavers, &id);
+  if (w && *w == EXCLUDED_IDX) return 0; /* the sidecar's own container inside a registered pod */
   if (!w && ancestor_levels) {
     for (int l = 1; l <= 8; l++) {
       if (l > ancestor_levels) break;

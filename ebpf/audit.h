@@ -34,6 +34,7 @@ enum sc_code {
 };
 
 #define MAX_WEAVERS 4096
+#define EXCLUDED_IDX 0xffffffffu
 #define STR_MAX 512     /* both strings of a generic event together */
 #define PATH_MAX_READ 256
 #define ARGV_MAX 1024

@@ -141,7 +141,7 @@ class Audit : public Napi::ObjectWrap<Audit> {
     bool lossless;
     uint64_t id = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
     uint32_t idx = info[1].As<Napi::Number>().Uint32Value();
-    if (idx >= MAX_WEAVERS) return Throw(env, "audit: weaver index out of range");
+    if (idx >= MAX_WEAVERS && idx != EXCLUDED_IDX) return Throw(env, "audit: weaver index out of range");
     int err = bpf_map__update_elem(skel_->maps.weavers, &id, sizeof id, &idx, sizeof idx, BPF_ANY);
     if (err) return Throw(env, "audit: cannot register cgroup: " + errstr(err));
     // a reused index starts with no losses of a former weaver

@@ -4,6 +4,7 @@ import { client, globals } from './context.js';
 import { Progress, formatDuration, interactive, printJson, printTable } from './output.js';
 import { resolveOrg } from './org.js';
 import { attachTerminal, DETACH_KEYS } from './attach.js';
+import { registerAuditCommand } from './audit.js';
 
 export interface WeaverView {
   id: string;
@@ -134,6 +135,7 @@ export function registerWeaverCommands(program: Command): void {
     });
 
   const weaver = program.command('weaver').description('manage weavers');
+  registerAuditCommand(weaver);
 
   weaver
     .command('ps')

@@ -52,7 +52,11 @@ export async function loadComponents(config: Config, log: Logger): Promise<Serve
   const components: ServerComponent[] = [];
   if (config.weaver.enabled) {
     const { weaverComponent } = await import('../weaver/component.js');
-    components.push(await weaverComponent(config, log));
+    const weaver = await weaverComponent(config, log);
+    components.push(weaver);
+    // audit: stored events stay readable when the sidecar is switched off
+    const { auditComponent } = await import('../audit/server/component.js');
+    components.push(auditComponent(config, log, { provisioner: weaver.backend.provisioner, visibleWeaver: (u, id) => weaver.service().visible(u, id) }));
   }
   const { branchingComponent } = await import('../branching/component.js');
   components.push(await branchingComponent(config, log));

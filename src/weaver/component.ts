@@ -25,8 +25,14 @@ export async function createBackend(config: Config, log: Logger): Promise<Backen
   return localBackend(config, log.child({ backend: 'local' }));
 }
 
+/** The weaver component, with what other parts may use of it (audit: the visibility rule and the backend). */
+export interface WeaverComponent extends ServerComponent {
+  readonly backend: BackendHandle;
+  service(): WeaverService;
+}
+
 /** The weaver API as a server component. */
-export async function weaverComponent(config: Config, log: Logger, backend?: BackendHandle): Promise<ServerComponent> {
+export async function weaverComponent(config: Config, log: Logger, backend?: BackendHandle): Promise<WeaverComponent> {
   const b = backend ?? (await createBackend(config, log));
   let svc: WeaverService | null = null;
   const service = () => {
@@ -35,6 +41,8 @@ export async function weaverComponent(config: Config, log: Logger, backend?: Bac
   };
   return {
     name: 'weaver',
+    backend: b,
+    service,
     migrations: weaverMigrations,
     async start(ctx) {
       const store = new WeaverStore(ctx.db);

@@ -144,7 +144,8 @@ t.test('a wrong value of each type stops the loader with a ConfigError naming th
   for (const ty of ['bool', 'int', 'number', 'enum', 'addr', 'quantity-cpu', 'quantity-memory', 'string']) t.ok(covered.has(ty), `type ${ty} exercised`);
   // Cross-variable checks.
   t.throws(() => loadConfig({ LOOM_SERVER_WEAVER_DEFAULT_TTL_HOURS: '50' }), ConfigError);
-  t.throws(() => loadConfig({ LOOM_SERVER_WEAVER_AUDIT_ENABLED: 'true' }), ConfigError);
+  t.throws(() => loadConfig({ LOOM_SERVER_WEAVER_AUDIT_ENABLED: 'true', LOOM_SERVER_WEAVER_BACKEND: 'kubernetes' }), ConfigError);
+  t.equal(loadConfig({ LOOM_SERVER_WEAVER_AUDIT_ENABLED: 'true' }).weaver.audit.enabled, true, 'the local backend needs no audit image');
 });
 
 t.test("the NixOS module's defaults are the loader's defaults", async (t) => {

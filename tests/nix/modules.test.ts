@@ -128,7 +128,9 @@ t.test('loom-server unit: low port, data dir outside the state dir, environmentF
 
 t.test('loom-server assertions', async (t) => {
   const failing = (defs: unknown) => evalServer(defs).config.assertions.filter((a) => !a.assertion).map((a) => a.message);
-  t.match(failing({ enable: true, weaver: { audit: { enable: true } } }), [/audit\.image must be set/]);
+  t.match(failing({ enable: true, weaver: { backend: 'kubernetes', kubeconfigPath: '/k', audit: { enable: true } } }), [/audit\.image must be set/]);
+  // the local backend runs the package's own loom-audit-sidecar: no image needed
+  t.same(failing({ enable: true, weaver: { audit: { enable: true } } }), []);
   t.match(failing({ enable: true, weaver: { defaultTtlHours: 50 } }), [/defaultTtlHours must not exceed maxTtlHours/]);
   t.match(failing({ enable: true, weaver: { backend: 'kubernetes' } }), [/needs weaver\.kubeconfigPath/]);
 });

@@ -38,6 +38,8 @@ export interface WeaverConfig {
     bufferMaxBytes: number;
     metricsPort: number;
     healthPort: number;
+    retentionDays: number;
+    maxEventsPerWeaver: number;
   };
 }
 
@@ -150,6 +152,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         bufferMaxBytes: get<number>('LOOM_SERVER_WEAVER_AUDIT_BUFFER_MAX_BYTES'),
         metricsPort: get<number>('LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT'),
         healthPort: get<number>('LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT'),
+        retentionDays: get<number>('LOOM_SERVER_WEAVER_AUDIT_RETENTION_DAYS'),
+        maxEventsPerWeaver: get<number>('LOOM_SERVER_WEAVER_AUDIT_MAX_EVENTS_PER_WEAVER'),
       },
     },
     branching: { gcIntervalSecs: get<number>('LOOM_BRANCHING_GC_INTERVAL_SECS'), testDelayMs: get<number>('LOOM_BRANCHING_TEST_DELAY_MS') },
@@ -157,8 +161,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (cfg.weaver.defaultTtlHours > cfg.weaver.maxTtlHours) {
     throw new ConfigError('LOOM_SERVER_WEAVER_DEFAULT_TTL_HOURS', `${cfg.weaver.defaultTtlHours} is over LOOM_SERVER_WEAVER_MAX_TTL_HOURS (${cfg.weaver.maxTtlHours})`);
   }
-  if (cfg.weaver.audit.enabled && !cfg.weaver.audit.image) {
-    throw new ConfigError('LOOM_SERVER_WEAVER_AUDIT_IMAGE', 'must be set when LOOM_SERVER_WEAVER_AUDIT_ENABLED is true');
+  if (cfg.weaver.audit.enabled && cfg.weaver.backend === 'kubernetes' && !cfg.weaver.audit.image) {
+    throw new ConfigError('LOOM_SERVER_WEAVER_AUDIT_IMAGE', 'must be set when LOOM_SERVER_WEAVER_AUDIT_ENABLED is true on the kubernetes backend');
   }
   return cfg;
 }
