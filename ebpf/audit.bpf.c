@@ -342,12 +342,13 @@ static __always_inline void sock_addrs(struct ev_addr *a, int fd) {
   a->family = BPF_CORE_READ(sk, __sk_common.skc_family);
   a->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
   a->rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+  /* explicit sizes: BPF_CORE_READ_INTO on an array destination would copy one byte */
   if (a->family == AF_INET) {
-    BPF_CORE_READ_INTO(a->laddr, sk, __sk_common.skc_rcv_saddr);
-    BPF_CORE_READ_INTO(a->raddr, sk, __sk_common.skc_daddr);
+    bpf_core_read(a->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+    bpf_core_read(a->raddr, 4, &sk->__sk_common.skc_daddr);
   } else if (a->family == AF_INET6) {
-    BPF_CORE_READ_INTO(a->laddr, sk, __sk_common.skc_v6_rcv_saddr);
-    BPF_CORE_READ_INTO(a->raddr, sk, __sk_common.skc_v6_daddr);
+    bpf_core_read(a->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+    bpf_core_read(a->raddr, 16, &sk->__sk_common.skc_v6_daddr);
   }
 }
 
