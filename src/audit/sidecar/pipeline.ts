@@ -74,12 +74,14 @@ export class Pipeline {
     return this.running;
   }
 
-  /** Sends everything now (used at shutdown and by tests); stops at the first failure. */
+  /** Sends everything now, ignoring the backoff (shutdown, tests); stops when a round makes no progress. */
   async flush(): Promise<void> {
-    await this.tick();
-    while ((this.queue.length || !this.o.buffer.empty) && this.serverReachable) {
+    for (;;) {
       this.nextAttempt = 0;
+      const before = this.queue.length + this.o.buffer.events;
       await this.tick();
+      const after = this.queue.length + this.o.buffer.events;
+      if (after === 0 || after >= before) return;
     }
   }
 
