@@ -32,7 +32,7 @@ else
     const alice = await srv.token('alice');
     const mallory = await srv.token('mallory');
     t.teardown(async () => {
-      for (const tok of [alice, admin]) for (const w of (await srv.api<{ weavers: Weaver[] }>('GET', '/api/weavers', tok)).body.weavers ?? []) await srv.api('DELETE', `/api/weaver/${w.id}`, tok);
+      for (const tok of [alice, admin, mallory]) for (const w of (await srv.api<{ weavers: Weaver[] }>('GET', '/api/weavers', tok)).body.weavers ?? []) await srv.api('DELETE', `/api/weaver/${w.id}`, tok);
       await srv.stop();
     });
     const image = await importWorkloadImage(t, srv, admin, workload);
@@ -198,6 +198,37 @@ else
       t.equal(val(/^loom_weaver_audit_ebpf_ring_buffer_dropped_events_total (\d+)/m), 0);
       t.match(text, /loom_weaver_audit_ebpf_programs_attached\{program="on_exec"\} 1/);
       t.match(text, /loom_weaver_audit_buffer_bytes 0/);
+    });
+
+    await t.test('ingest: the credential decides the weaver; replay is idempotent', async (t) => {
+      // the local sidecar's credential, as loom-server wrote it for the sidecar (0600 in the data dir)
+      const token = readFileSync(join(srv.dataDir, 'audit', 'token'), 'utf8').trim();
+      const base = { ...ev[0]!, boot_id: 'replay-test', seq: 1 } as Record<string, unknown>;
+      delete base.id;
+      const post = (events: unknown[], tok: string | null = token) => srv.api<{ inserted: number; duplicates: number; error?: { code: string } }>('POST', '/internal/audit/events', tok, { events });
+      const first = await post([base, { ...base, seq: 2 }]);
+      t.equal(first.status, 200, JSON.stringify(first.body));
+      t.equal(first.body.inserted, 2);
+      const again = await post([base, { ...base, seq: 2 }]);
+      t.equal(again.body.inserted, 0, 'a replayed batch stores nothing twice');
+      t.equal(again.body.duplicates, 2);
+      const stored = await allEvents(srv, alice, id);
+      t.equal(stored.events.filter((e) => e.boot_id === 'replay-test').length, 2);
+      // another org's weaver (never registered with this sidecar), a forged org, a forged owner
+      const other = await srv.api<Weaver>('POST', '/api/weaver', mallory, { command: ['/bin/true'] });
+      for (const [what, forged] of [
+        ['an unregistered weaver', { ...base, seq: 3, weaver_id: other.body.id, org_id: other.body.org_id }],
+        ['a forged org', { ...base, seq: 4, org_id: other.body.org_id }],
+        ['a forged owner', { ...base, seq: 5, owner_user_id: 'someone-else' }],
+      ] as const) {
+        const r = await post([{ ...base, seq: 6 }, forged]);
+        t.equal(r.status, 403, `${what} → 403`);
+      }
+      t.equal((await allEvents(srv, alice, id)).events.filter((e) => e.boot_id === 'replay-test').length, 2, 'a refused batch stores nothing');
+      t.equal((await post([base], 'loom_audit_nope')).status, 401, 'a wrong credential → 401');
+      t.equal((await post([base], alice)).status, 401, 'a user token is not an audit credential');
+      t.equal((await post(Array.from({ length: 1001 }, (_, i) => ({ ...base, seq: 100 + i })))).status, 400, 'more than 1000 events → 400');
+      t.equal((await post([{ ...base, seq: 7, event_type: 'made_up' }])).status, 400, 'an unknown type → 400');
     });
 
     await t.test('a sidecar killed with -9 is restarted and takes the running weavers up again', async (t) => {
