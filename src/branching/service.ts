@@ -9,6 +9,7 @@ import { LoomError, errorMessage, isLoomError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { newId, nowIso, sha256 } from '../common/ids.js';
 import type { OrgService } from '../server/orgs/orgs.js';
+import { authorize, may, notVisible, type Action, type Resource } from '../server/orgs/access.js';
 import type { User } from '../server/auth/users.js';
 import { ContainerRuntime } from '../provisioners/local/runtime.js';
 import { copyTree, removeTree, type CopyResult } from './copy.js';
@@ -70,6 +71,8 @@ export interface ServiceOptions {
   testDelayMs: number;
 }
 
+/** What a member sees in place of another member's env values. */
+export const REDACTED = '<redacted>';
 const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const DEFAULT_WEAVER_CLONE_COMMAND = ['sleep', 'infinity'];
 
@@ -91,6 +94,7 @@ function canonical(v: unknown): string {
 interface WeaverRow {
   id: string;
   org_id: string;
+  owner_user_id: string;
   backend: string;
   status: string;
   command: string | null;
@@ -115,24 +119,27 @@ export class BranchingService {
 
   // ------------------------------------------------------------------ visibility
 
-  private member(user: User, orgId: string): boolean {
-    try {
-      this.o.orgs.requireRole(user.id, orgId, 'member');
-      return true;
-    } catch {
-      return false;
-    }
+  private static containerRes(c: Pick<ContainerRow, 'id' | 'org_id' | 'owner_user_id'>): Resource {
+    return { kind: 'container', id: c.id, orgId: c.org_id, ownerUserId: c.owner_user_id };
   }
 
-  private containerRow(user: User, id: string): ContainerRow {
+  private static snapshotRes(s: Pick<SnapshotRow, 'id' | 'org_id' | 'created_by'>): Resource {
+    return { kind: 'snapshot', id: s.id, orgId: s.org_id, ownerUserId: s.created_by };
+  }
+
+  /** The container when the role matrix (server/orgs/access.ts) allows `action` on it. */
+  private containerRow(user: User, id: string, action: Action): ContainerRow {
     const c = this.store.container(id);
-    if (!c || !this.member(user, c.org_id)) throw err(404, 'CONTAINER_NOT_FOUND', `container ${id} not found`);
+    if (!c) throw notVisible({ kind: 'container', id });
+    authorize(this.o.orgs, user, action, BranchingService.containerRes(c));
     return c;
   }
 
-  private snapshotRow(user: User, id: string): SnapshotRow {
+  /** The snapshot when the role matrix allows `action` on it (its owner is the user who took it). */
+  private snapshotRow(user: User, id: string, action: Action): SnapshotRow {
     const s = this.store.snapshot(id);
-    if (!s || !this.member(user, s.org_id)) throw err(404, 'SNAPSHOT_NOT_FOUND', `snapshot ${id} not found`);
+    if (!s) throw notVisible({ kind: 'snapshot', id });
+    authorize(this.o.orgs, user, action, BranchingService.snapshotRes(s));
     return s;
   }
 
@@ -140,16 +147,34 @@ export class BranchingService {
     const db = this.store.db;
     const t = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'weavers'").get();
     if (!t) return null;
-    return (db.prepare('SELECT id, org_id, backend, status, command FROM weavers WHERE id = ?').get(id) as WeaverRow | undefined) ?? null;
+    return (db.prepare('SELECT id, org_id, owner_user_id, backend, status, command FROM weavers WHERE id = ?').get(id) as WeaverRow | undefined) ?? null;
   }
 
-  /** A container, or else a local weaver, the user can see. */
-  private source(user: User, id: string): Source {
+  /** A container, or else a local weaver, on which the role matrix allows `action`. */
+  private source(user: User, id: string, action: Action): Source {
     const c = this.store.container(id);
-    if (c && this.member(user, c.org_id)) return { kind: 'container', row: c };
+    if (c && may(this.o.orgs, user, 'view', BranchingService.containerRes(c))) {
+      authorize(this.o.orgs, user, action, BranchingService.containerRes(c));
+      return { kind: 'container', row: c };
+    }
     const w = this.weaverRow(id);
-    if (w && this.member(user, w.org_id)) return { kind: 'weaver', row: w };
-    throw err(404, 'CONTAINER_NOT_FOUND', `container ${id} not found`);
+    if (w) {
+      const res: Resource = { kind: 'weaver', id: w.id, orgId: w.org_id, ownerUserId: w.owner_user_id };
+      if (may(this.o.orgs, user, 'view', res)) {
+        authorize(this.o.orgs, user, action, res);
+        return { kind: 'weaver', row: w };
+      }
+    }
+    throw notVisible({ kind: 'container', id });
+  }
+
+  /** The container as this user may see it: env values only for its owner and org admins. */
+  private shown(user: User, c: ContainerRow): Container {
+    const out = toContainer(c);
+    if (!may(this.o.orgs, user, 'env', BranchingService.containerRes(c))) {
+      out.env = Object.fromEntries(Object.keys(out.env).map((k) => [k, REDACTED]));
+    }
+    return out;
   }
 
   // ------------------------------------------------------------------ operations plumbing
@@ -174,7 +199,8 @@ export class BranchingService {
 
   async operation(user: User, id: string, waitMs = 0): Promise<Operation> {
     const r = this.store.operation(id);
-    if (!r || !this.member(user, r.org_id)) throw err(404, 'OPERATION_NOT_FOUND', `operation ${id} not found`);
+    if (!r) throw notVisible({ kind: 'operation', id });
+    authorize(this.o.orgs, user, 'view', { kind: 'operation', id, orgId: r.org_id, ownerUserId: r.user_id });
     if (waitMs <= 0) return toOperation(r);
     return (await this.runner.wait(id, waitMs)) ?? toOperation(r);
   }
@@ -260,11 +286,11 @@ export class BranchingService {
 
   async listContainers(user: User): Promise<Container[]> {
     const rows = this.store.containersForOrgs(this.o.orgs.orgIdsOf(user.id));
-    return Promise.all(rows.map(async (r) => toContainer(await this.refresh(r))));
+    return Promise.all(rows.map(async (r) => this.shown(user, await this.refresh(r))));
   }
 
   async getContainer(user: User, id: string): Promise<Container> {
-    return toContainer(await this.refresh(this.containerRow(user, id)));
+    return this.shown(user, await this.refresh(this.containerRow(user, id, 'view')));
   }
 
   private usable(c: ContainerRow): void {
@@ -274,9 +300,13 @@ export class BranchingService {
   }
 
   async kill(user: User, id: string): Promise<Accepted> {
-    const c = await this.refresh(this.containerRow(user, id));
+    const c = await this.refresh(this.containerRow(user, id, 'control'));
     this.usable(c);
     if (c.status !== 'running') throw err(409, 'CONTAINER_NOT_RUNNING', `container ${id} is ${c.status}, not running`);
+    // One kill at a time: the check and the insert below run in one JS turn, so of concurrent
+    // kills exactly one is accepted and the others get 409 naming it.
+    const pending = this.activeOn(c.id, 'container_kill');
+    if (pending) throw err(409, 'KILL_IN_PROGRESS', `container ${id} is already being killed by operation ${pending.id}`);
     const op = newOperationRow({ id: newId(), org_id: c.org_id, user_id: user.id, type: 'container_kill', container_id: c.id });
     this.store.insertOperation(op);
     return this.submit(op, (ctx) =>
@@ -289,8 +319,17 @@ export class BranchingService {
     );
   }
 
+  /** An operation of this type still active on the container, if any. */
+  private activeOn(containerId: string, type: OperationRow['operation_type']): OperationRow | null {
+    return (
+      (this.store.db
+        .prepare("SELECT * FROM branch_operations WHERE container_id = ? AND operation_type = ? AND status IN ('accepted', 'queued', 'running') LIMIT 1")
+        .get(containerId, type) as OperationRow | undefined) ?? null
+    );
+  }
+
   async resume(user: User, id: string): Promise<Accepted> {
-    const c = await this.refresh(this.containerRow(user, id));
+    const c = await this.refresh(this.containerRow(user, id, 'control'));
     this.usable(c);
     if (c.status === 'running') throw err(409, 'CONTAINER_ALREADY_RUNNING', `container ${id} is already running`);
     const op = newOperationRow({ id: newId(), org_id: c.org_id, user_id: user.id, type: 'container_resume', container_id: c.id });
@@ -308,7 +347,7 @@ export class BranchingService {
   }
 
   deleteContainer(user: User, id: string): Accepted {
-    const c = this.containerRow(user, id);
+    const c = this.containerRow(user, id, 'delete');
     if (c.status === 'deleting') {
       const prev = this.store.db
         .prepare("SELECT * FROM branch_operations WHERE container_id = ? AND operation_type = 'container_delete' ORDER BY started_at DESC LIMIT 1")
@@ -332,7 +371,7 @@ export class BranchingService {
   // ------------------------------------------------------------------ snapshots
 
   snapshot(user: User, id: string, req: SnapshotRequest): Accepted {
-    const src = this.source(user, id);
+    const src = this.source(user, id, 'snapshot');
     const hash = sha256(canonical({ op: 'snapshot', id, ...req, idempotency_key: undefined }));
     const replay = this.replay(src.row.org_id, req.idempotency_key, hash);
     if (replay) return replay;
@@ -463,7 +502,7 @@ export class BranchingService {
   }
 
   getSnapshot(user: User, id: string): Snapshot {
-    return toSnapshot(this.snapshotRow(user, id));
+    return toSnapshot(this.snapshotRow(user, id, 'view'));
   }
 
   /** Why a snapshot cannot go now (beyond pins), or null. */
@@ -477,7 +516,7 @@ export class BranchingService {
   }
 
   deleteSnapshot(user: User, id: string): void {
-    const s = this.snapshotRow(user, id);
+    const s = this.snapshotRow(user, id, 'delete');
     if (s.pinned) throw err(409, 'SNAPSHOT_PINNED', `snapshot ${id} is pinned; unpin it first`);
     const why = this.inUse(s);
     if (why) throw err(409, 'SNAPSHOT_IN_USE', `snapshot ${id} is in use: ${why}`);
@@ -491,21 +530,21 @@ export class BranchingService {
   }
 
   setPinned(user: User, id: string, pinned: boolean): Snapshot {
-    const s = this.snapshotRow(user, id);
+    const s = this.snapshotRow(user, id, 'pin');
     this.store.updateSnapshot(s.id, { pinned: pinned ? 1 : 0 });
     return toSnapshot({ ...s, pinned: pinned ? 1 : 0 });
   }
 
   /** From the snapshot (depth 0) up through its parents to the root. */
   lineage(user: User, id: string): LineageNode[] {
-    let s: SnapshotRow | null = this.snapshotRow(user, id);
+    let s: SnapshotRow | null = this.snapshotRow(user, id, 'view');
     const out: LineageNode[] = [];
     const seen = new Set<string>();
     while (s && !seen.has(s.id)) {
       seen.add(s.id);
       out.push({ snapshot_id: s.id, parent_snapshot_id: s.parent_snapshot_id, container_id: s.container_id, created_at: s.created_at, depth: out.length });
       const next: SnapshotRow | null = s.parent_snapshot_id ? this.store.snapshot(s.parent_snapshot_id) : null;
-      s = next && this.member(user, next.org_id) ? next : null;
+      s = next && may(this.o.orgs, user, 'view', BranchingService.snapshotRes(next)) ? next : null;
     }
     return out;
   }
@@ -538,7 +577,7 @@ export class BranchingService {
   }
 
   clone(user: User, snapshotId: string, req: CloneRequest): Accepted {
-    const s = this.snapshotRow(user, snapshotId);
+    const s = this.snapshotRow(user, snapshotId, 'clone');
     const hash = sha256(canonical({ op: 'clone', id: snapshotId, ...req, idempotency_key: undefined }));
     const replay = this.replay(s.org_id, req.idempotency_key, hash);
     if (replay) return replay;
@@ -557,7 +596,7 @@ export class BranchingService {
 
   /** Snapshot + clone in one operation. */
   fork(user: User, id: string, req: ForkRequest): Accepted {
-    const src = this.source(user, id);
+    const src = this.source(user, id, 'snapshot');
     const hash = sha256(canonical({ op: 'fork', id, ...req, idempotency_key: undefined }));
     const replay = this.replay(src.row.org_id, req.idempotency_key, hash);
     if (replay) return replay;

@@ -33,6 +33,8 @@ export interface Container {
 export interface Snapshot {
   snapshot_id: string;
   org_id: string;
+  /** The user who took it; they (and org admins) may clone, pin or delete it. */
+  owner_user_id: string;
   source_kind: 'container' | 'weaver';
   container_id: string;
   parent_snapshot_id: string | null;
@@ -159,6 +161,7 @@ export function toSnapshot(r: SnapshotRow): Snapshot {
   return {
     snapshot_id: r.id,
     org_id: r.org_id,
+    owner_user_id: r.created_by,
     source_kind: r.source_kind,
     container_id: r.container_id,
     parent_snapshot_id: r.parent_snapshot_id,

@@ -8,6 +8,9 @@ import { OrgService } from './orgs/orgs.js';
 import { UserService } from './auth/users.js';
 import { TokenService } from './auth/tokens.js';
 import { DeviceFlow } from './auth/device.js';
+import { AccessEvents } from './events.js';
+import { StreamRegistry } from './streams.js';
+import { LoginLimiter } from './auth/login-limit.js';
 import type { AppContext } from './context.js';
 import type { ServerComponent } from './component.js';
 import { buildApp } from './app.js';
@@ -23,8 +26,9 @@ export function openCore(config: Config, log: Logger, components: ServerComponen
   const db = openDatabase(config.dataDir);
   const applied = migrate(db, [coreMigrations, ...components.flatMap((c) => (c.migrations ? [c.migrations] : []))]);
   for (const m of applied) log.info({ component: m.component, version: m.version }, `migration applied: ${m.name}`);
-  const orgs = new OrgService(db);
-  const tokens = new TokenService(db, config.sessionIdleDays * 86400);
+  const events = new AccessEvents();
+  const orgs = new OrgService(db, events);
+  const tokens = new TokenService(db, config.sessionIdleDays * 86400, events);
   const ctx: AppContext = {
     config,
     db,
@@ -32,12 +36,20 @@ export function openCore(config: Config, log: Logger, components: ServerComponen
     metrics: new Metrics(),
     orgs,
     tokens,
+    streams: new StreamRegistry({ tokens, orgs, events, log, recheckMs: config.streams.recheckSecs * 1000 }),
+    loginLimiter: new LoginLimiter(config.auth.loginMaxFailures, config.auth.loginWindowSecs * 1000),
     users: new UserService(db, orgs),
     device: new DeviceFlow(db, tokens),
     baseUrl: config.publicUrl || `http://${config.httpHost}:${config.httpPort}`,
     healthChecks: new Map(),
   };
-  return { ctx, close: () => db.close() };
+  return {
+    ctx,
+    close: () => {
+      ctx.streams.stop();
+      db.close();
+    },
+  };
 }
 
 export interface RunningServer {
@@ -73,6 +85,7 @@ export async function startServer(config: Config = loadConfig(), log: Logger = c
       `no users yet: create the first admin with \`LOOM_DATA_DIR=${config.dataDir} loom-server admin token --user admin --admin\` (prints an API token for \`loom login --token\`) and \`loom-server admin passwd --user admin\` (sets a password for the /device page)`,
     );
   }
+  ctx.streams.start();
   const started: ServerComponent[] = [];
   try {
     for (const c of components) {

@@ -40,5 +40,11 @@ CREATE TABLE attach_tickets (
 );
 `,
     },
+    {
+      version: 2,
+      name: 'attach tickets remember the token that asked for them',
+      // Tickets live 30 s: older ones (without a token) are simply refused.
+      sql: `ALTER TABLE attach_tickets ADD COLUMN token_id TEXT;`,
+    },
   ],
 };

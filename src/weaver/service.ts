@@ -1,5 +1,6 @@
 import type { Logger } from '../common/log.js';
-import { LoomError, errorMessage, forbidden, notFound, tooMany } from '../common/errors.js';
+import { LoomError, errorMessage, tooMany } from '../common/errors.js';
+import { authorize, notVisible, type Action, type Resource } from '../server/orgs/access.js';
 import { newId } from '../common/ids.js';
 import type { WeaverConfig } from '../server/config/load.js';
 import type { OrgService } from '../server/orgs/orgs.js';
@@ -140,25 +141,27 @@ export class WeaverService {
     return w;
   }
 
-  /** The weaver if the user may see it (a member of its org); 404 otherwise. */
-  visible(user: User, id: string): Weaver {
+  /** The role-matrix resource of a weaver (src/server/orgs/access.ts). */
+  static resource(w: Pick<Weaver, 'id' | 'org_id' | 'owner_user_id'>): Resource {
+    return { kind: 'weaver', id: w.id, orgId: w.org_id, ownerUserId: w.owner_user_id };
+  }
+
+  /** The weaver when the role matrix lets the user do `action` on it; 404 when they cannot see it, 403 when they may not act. */
+  authorized(user: Pick<User, 'id'>, id: string, action: Action): Weaver {
     const w = this.d.store.get(id);
-    if (!w) throw notFound('weaver');
-    try {
-      this.d.orgs.requireRole(user.id, w.org_id, 'member');
-    } catch {
-      throw notFound('weaver');
-    }
+    if (!w) throw notVisible({ kind: 'weaver', id });
+    authorize(this.d.orgs, user, action, WeaverService.resource(w));
     return w;
   }
 
-  /** Deleting or attaching needs the weaver's owner or an org admin. */
+  /** The weaver if the user may see it (a member of its org); 404 otherwise. */
+  visible(user: User, id: string): Weaver {
+    return this.authorized(user, id, 'view');
+  }
+
+  /** Acting on a weaver needs its owner or an org admin. */
   controllable(user: User, id: string): Weaver {
-    const w = this.visible(user, id);
-    if (w.owner_user_id === user.id) return w;
-    const org = this.d.orgs.requireRole(user.id, w.org_id, 'member');
-    if (org.role === 'member') throw forbidden('only the weaver\'s owner or an org admin may do this');
-    return w;
+    return this.authorized(user, id, 'control');
   }
 
   list(user: User): Weaver[] {
@@ -166,7 +169,7 @@ export class WeaverService {
   }
 
   async delete(user: User, id: string): Promise<void> {
-    this.controllable(user, id);
+    this.authorized(user, id, 'delete');
     await this.remove(id, 'deleted by user');
   }
 

@@ -1,6 +1,7 @@
 import type { Db } from '../store/db.js';
 import { newId, newSecret, sha256 } from '../../common/ids.js';
 import { notFound } from '../../common/errors.js';
+import { AccessEvents } from '../events.js';
 
 export type TokenKind = 'session' | 'api' | 'web';
 
@@ -28,7 +29,13 @@ const TOUCH_EVERY_MS = 60_000;
  * Session and web tokens slide: each use pushes expires_at to now + idle time.
  */
 export class TokenService {
-  constructor(private readonly db: Db, private readonly sessionIdleSeconds: number) {}
+  constructor(private readonly db: Db, private readonly sessionIdleSeconds: number, readonly events: AccessEvents = new AccessEvents()) {}
+
+  /** Whether the token still exists and has not expired (no sliding: streams re-check with this). */
+  isLive(tokenId: string): boolean {
+    const r = this.db.prepare('SELECT expires_at FROM tokens WHERE id = ?').get(tokenId) as { expires_at: string | null } | undefined;
+    return !!r && (!r.expires_at || Date.parse(r.expires_at) > Date.now());
+  }
 
   issue(userId: string, kind: TokenKind, name: string, opts: { expiresInSeconds?: number } = {}): { token: string; info: TokenInfo } {
     const token = newSecret(PREFIX[kind]);
@@ -60,6 +67,7 @@ export class TokenService {
     const now = Date.now();
     if (row.expires_at && Date.parse(row.expires_at) <= now) {
       this.db.prepare('DELETE FROM tokens WHERE id = ?').run(row.id);
+      this.events.emit('token_revoked', { tokenId: row.id, userId: row.user_id });
       return null;
     }
     if (!row.last_used_at || now - Date.parse(row.last_used_at) > TOUCH_EVERY_MS) {
@@ -81,9 +89,11 @@ export class TokenService {
   revoke(userId: string, tokenId: string): void {
     const r = this.db.prepare('DELETE FROM tokens WHERE id = ? AND user_id = ?').run(tokenId, userId);
     if (r.changes === 0) throw notFound('token');
+    this.events.emit('token_revoked', { tokenId, userId });
   }
 
   revokeById(tokenId: string): void {
     this.db.prepare('DELETE FROM tokens WHERE id = ?').run(tokenId);
+    this.events.emit('token_revoked', { tokenId, userId: null });
   }
 }

@@ -50,6 +50,8 @@ export interface Config {
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
   publicUrl: string;
   sessionIdleDays: number;
+  streams: { recheckSecs: number; pingSecs: number };
+  auth: { loginMaxFailures: number; loginWindowSecs: number };
   weaver: WeaverConfig;
   branching: { gcIntervalSecs: number; testDelayMs: number };
 }
@@ -129,6 +131,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: get('LOOM_LOG_LEVEL'),
     publicUrl: get<string>('LOOM_PUBLIC_URL'),
     sessionIdleDays: get<number>('LOOM_SESSION_IDLE_DAYS'),
+    streams: { recheckSecs: get<number>('LOOM_STREAM_RECHECK_SECS'), pingSecs: get<number>('LOOM_STREAM_PING_SECS') },
+    auth: { loginMaxFailures: get<number>('LOOM_LOGIN_MAX_FAILURES'), loginWindowSecs: get<number>('LOOM_LOGIN_WINDOW_SECS') },
     weaver: {
       enabled: get<boolean>('LOOM_SERVER_WEAVER_ENABLED'),
       backend: get('LOOM_SERVER_WEAVER_BACKEND'),

@@ -6,6 +6,8 @@ export function installErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | LoomError | Error, req, reply) => {
     if (err instanceof LoomError) {
       if (err.status >= 500) req.log.error({ err }, err.message);
+      const retry = err.details?.['retry_after_seconds'];
+      if (err.status === 429 && typeof retry === 'number') reply.header('retry-after', String(retry));
       return reply.status(err.status).send(err.toBody());
     }
     const fe = err as FastifyError;

@@ -1,6 +1,7 @@
 import type { Db } from '../store/db.js';
 import { badRequest, conflict, forbidden, notFound } from '../../common/errors.js';
 import { newId, nowIso } from '../../common/ids.js';
+import { AccessEvents } from '../events.js';
 
 export type Role = 'owner' | 'admin' | 'member';
 const RANK: Record<Role, number> = { member: 1, admin: 2, owner: 3 };
@@ -51,7 +52,13 @@ export function slugify(name: string): string {
  * to non-members (they must not learn the org exists) and 403 to members without the right.
  */
 export class OrgService {
-  constructor(private readonly db: Db) {}
+  constructor(private readonly db: Db, readonly events: AccessEvents = new AccessEvents()) {}
+
+  /** The user's role in the org, or null when they are not a member (or it does not exist). */
+  roleOf(userId: string, orgId: string): Role | null {
+    const r = this.db.prepare('SELECT role FROM org_members WHERE org_id = ? AND user_id = ?').get(orgId, userId) as { role: Role } | undefined;
+    return r?.role ?? null;
+  }
 
   createPersonal(userId: string, username: string): Org {
     let slug = slugify(username) || 'user';
@@ -144,5 +151,24 @@ export class OrgService {
       }
       this.db.prepare('DELETE FROM org_members WHERE org_id = ? AND user_id = ?').run(actor.id, userId);
     })();
+    this.events.emit('membership_changed', { orgId: actor.id, userId });
+  }
+
+  /** Changes a member's role. Admins manage members and admins; only owners grant or take the owner role. */
+  setRole(actor: OrgWithRole, userId: string, role: Role): Member {
+    if (RANK[actor.role] < RANK.admin) throw forbidden('this needs the admin role');
+    if (actor.is_personal) throw badRequest('a personal org has no other members; create a team org', 'personal_org');
+    const target = this.db.prepare('SELECT role FROM org_members WHERE org_id = ? AND user_id = ?').get(actor.id, userId) as { role: Role } | undefined;
+    if (!target) throw notFound('member');
+    if ((target.role === 'owner' || role === 'owner') && actor.role !== 'owner') throw forbidden('only an owner can grant or take the owner role');
+    this.db.transaction(() => {
+      if (target.role === 'owner' && role !== 'owner') {
+        const owners = (this.db.prepare("SELECT COUNT(*) AS n FROM org_members WHERE org_id = ? AND role = 'owner'").get(actor.id) as { n: number }).n;
+        if (owners <= 1) throw conflict('an org keeps at least one owner', 'last_owner');
+      }
+      this.db.prepare('UPDATE org_members SET role = ? WHERE org_id = ? AND user_id = ?').run(role, actor.id, userId);
+    })();
+    this.events.emit('membership_changed', { orgId: actor.id, userId });
+    return this.members(actor.id).find((m) => m.user_id === userId)!;
   }
 }

@@ -51,6 +51,20 @@ export const orgRoutes: FastifyPluginAsync<{ ctx: AppContext }> = async (app, { 
     },
   );
 
+  // Changing a role takes effect at once, on open streams too (src/server/streams.ts).
+  app.patch(
+    '/api/orgs/:id/members/:user',
+    { schema: { params: Type.Object({ id: Type.String({ maxLength: 64 }), user: Type.String({ maxLength: 64 }) }), body: Type.Object({ role: RoleT }, Strict) } },
+    async (req) => {
+      const me = principal(req).user.id;
+      const p = req.params as { id: string; user: string };
+      const org = ctx.orgs.requireRole(me, p.id);
+      const target = ctx.users.byId(p.user) ?? ctx.users.byUsername(p.user);
+      if (!target || !ctx.orgs.roleOf(target.id, org.id)) throw notFound('member');
+      return ctx.orgs.setRole(org, target.id, (req.body as { role: Role }).role);
+    },
+  );
+
   app.delete('/api/orgs/:id/members/:user', { schema: { params: Type.Object({ id: Type.String({ maxLength: 64 }), user: Type.String({ maxLength: 64 }) }) } }, async (req, reply) => {
     const me = principal(req).user.id;
     const p = req.params as { id: string; user: string };
