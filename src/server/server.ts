@@ -68,7 +68,17 @@ export async function loadComponents(config: Config, log: Logger): Promise<Serve
     components.push(weaver);
     // audit: stored events stay readable when the sidecar is switched off
     const { auditComponent } = await import('../audit/server/component.js');
-    components.push(auditComponent(config, log, { provisioner: weaver.backend.provisioner, visibleWeaver: (u, id) => weaver.service().visible(u, id) }));
+    const { WeaverService } = await import('../weaver/service.js');
+    components.push(
+      auditComponent(config, log, {
+        provisioner: weaver.backend.provisioner,
+        // what ran inside (argv, paths, addresses) is as private as the weaver's output: the 'logs' right
+        readableWeaver: (u, id) => {
+          const w = weaver.service().authorized(u, id, 'logs');
+          return { id: w.id, resource: WeaverService.resource(w) };
+        },
+      }),
+    );
   }
   const { branchingComponent } = await import('../branching/component.js');
   components.push(await branchingComponent(config, log));

@@ -249,5 +249,23 @@ else
       }, 'marker execs reported by the new sidecar', 60_000);
       t.equal(fresh.weaver_id, w.body.id, 'the running weaver is audited again, without being recreated');
       t.equal(fresh.seq >= 1, true);
+
+      // the follow stream: new events arrive as they are stored
+      const abort = new AbortController();
+      const res = await fetch(`${srv.url}/api/weaver/${w.body.id}/audit?follow=true&type=process_exec&cursor=${encodeURIComponent(Buffer.from(`a1:${fresh.id}`).toString('base64url'))}`, {
+        headers: { authorization: `Bearer ${alice}` },
+        signal: abort.signal,
+      });
+      t.equal(res.status, 200);
+      const reader = res.body!.getReader();
+      let text = '';
+      while (!/event: event\ndata: .*"marker"/.test(text)) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += new TextDecoder().decode(value);
+      }
+      abort.abort();
+      const got = JSON.parse(/event: event\nid: .*\ndata: (.*)/.exec(text)![1]!) as { id: number; event_type: string };
+      t.ok(got.id > fresh.id && got.event_type === 'process_exec', 'a live event after the cursor');
     });
   });

@@ -6,7 +6,7 @@ import { isValidLabelValue, isValidPodName, toLabelValue } from '../../src/provi
 import { extraPodChecks, type JsonPod } from '../support/k8s-standin/index.js';
 import { spec } from './helpers.js';
 
-const audit = { enabled: true, image: 'ghcr.io/loom/audit-sidecar:1.0', batchIntervalMs: 250, bufferMaxBytes: 64 * 1024 * 1024, metricsPort: 9090, healthPort: 9091 };
+const audit = { enabled: true, image: 'ghcr.io/loom/audit-sidecar:1.0', batchIntervalMs: 250, bufferMaxBytes: 64 * 1024 * 1024, metricsPort: 9090, healthPort: 9091, retentionDays: 30, maxEventsPerWeaver: 1000000 };
 const noAudit = { ...audit, enabled: false };
 
 /** The pod as it goes over the wire, validated like the API server would (schema + a few rules). */

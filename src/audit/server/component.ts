@@ -8,6 +8,7 @@ import type { Config } from '../../server/config/load.js';
 import type { Logger } from '../../common/log.js';
 import type { ServerComponent } from '../../server/component.js';
 import type { User } from '../../server/auth/users.js';
+import type { Resource } from '../../server/orgs/access.js';
 import type { Provisioner } from '../../weaver/provisioner.js';
 import type { RuntimeHooks } from '../../provisioners/local/hooks.js';
 import { auditMigrations } from './migrations.js';
@@ -16,8 +17,8 @@ import { registerIngest, registerRead, type AuditRouteDeps } from './routes.js';
 import { LocalSidecar } from './local-sidecar.js';
 
 export interface AuditComponentDeps {
-  /** The weaver routes' visibility rule: the weaver, or a 404. */
-  visibleWeaver(user: User, id: string): { id: string };
+  /** The one authorization rule (src/server/orgs/access.ts) for reading a weaver's audit: the weaver, or 404/403. */
+  readableWeaver(user: User, id: string): { id: string; resource: Resource };
   provisioner: Provisioner;
   /** Test aid: extra sidecar environment (e.g. LOOM_AUDIT_RING_BYTES). */
   sidecarEnv?: Record<string, string>;
@@ -41,7 +42,7 @@ export function auditComponent(config: Config, log: Logger, deps: AuditComponent
   let baseUrl = '';
   const routeDeps = (): AuditRouteDeps => ({
     store: store!,
-    visibleWeaver: deps.visibleWeaver,
+    readableWeaver: deps.readableWeaver,
     onStored: (fn) => {
       bus.on('stored', fn);
       return () => bus.off('stored', fn);

@@ -8,12 +8,13 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { Strict } from '../../server/http/schema.js';
 import type { AppContext } from '../../server/context.js';
-import { authenticate, bearerToken, principal } from '../../server/http/auth.js';
+import { bearerToken, principal, type Principal } from '../../server/http/auth.js';
 import { badRequest, forbidden, unauthorized } from '../../common/errors.js';
 import { EVENT_TYPES } from '../decode.js';
 import type { AuditEvent } from '../types.js';
 import type { AuditStore } from './store.js';
 import type { User } from '../../server/auth/users.js';
+import type { Resource } from '../../server/orgs/access.js';
 
 export const MAX_INGEST_EVENTS = 1000;
 
@@ -70,8 +71,8 @@ export const AuditQuery = Type.Object(
 
 export interface AuditRouteDeps {
   store: AuditStore;
-  /** The weaver if the user may see it; throws 404 otherwise (the weaver routes' rule). */
-  visibleWeaver(user: User, id: string): { id: string };
+  /** The weaver if the user may read its audit; throws 404 (not visible) or 403 otherwise. */
+  readableWeaver(user: User, id: string): { id: string; resource: Resource };
   /** Subscribe to news of stored events (the weavers they belong to); returns an unsubscribe. */
   onStored(fn: (weaverIds: Set<string>) => void): () => void;
   stored(weaverIds: Set<string>): void;
@@ -98,8 +99,8 @@ export async function registerIngest(app: FastifyInstance, deps: AuditRouteDeps)
 
 export async function registerRead(api: FastifyInstance, ctx: AppContext, deps: AuditRouteDeps): Promise<void> {
   api.get('/api/weaver/:id/audit', { schema: { params: Type.Object({ id: Type.String({ maxLength: 64 }) }), querystring: AuditQuery } }, async (req, reply) => {
-    const user = principal(req).user;
-    const w = deps.visibleWeaver(user, (req.params as { id: string }).id);
+    const p = principal(req);
+    const w = deps.readableWeaver(p.user, (req.params as { id: string }).id);
     const q = req.query as { type?: string; since?: string; until?: string; pid?: string; limit?: string; cursor?: string; follow?: string };
     const types = q.type ? q.type.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
     for (const t of types ?? []) if (!(EVENT_TYPES as readonly string[]).includes(t)) throw badRequest(`type ${t} is not one of ${EVENT_TYPES.join(', ')}`, 'bad_query');
@@ -111,7 +112,7 @@ export async function registerRead(api: FastifyInstance, ctx: AppContext, deps: 
     const pid = q.pid === undefined ? undefined : Number(q.pid);
     const afterId = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
     const base = { weaverId: w.id, ...(types ? { types } : {}), ...(sinceNs !== undefined ? { sinceNs } : {}), ...(untilNs !== undefined ? { untilNs } : {}), ...(pid !== undefined ? { pid } : {}) };
-    if (q.follow === 'true' || q.follow === '1') return follow(req, reply, ctx, deps, user, w.id, base, afterId);
+    if (q.follow === 'true' || q.follow === '1') return follow(req, reply, ctx, deps, p, w, base, afterId);
     const events = deps.store.query({ ...base, ...(afterId !== undefined ? { afterId } : {}), limit: limit + 1 });
     const more = events.length > limit;
     if (more) events.pop();
@@ -120,14 +121,17 @@ export async function registerRead(api: FastifyInstance, ctx: AppContext, deps: 
   });
 }
 
-/** SSE: stored events first (from the cursor), then new ones as they arrive; ends when the user may no longer see the weaver. */
+/**
+ * SSE: stored events first (from the cursor), then new ones as they are stored. Registered with
+ * the stream registry: it ends (`event: error`) the moment the token or the membership goes.
+ */
 async function follow(
-  req: FastifyRequest, reply: FastifyReply, ctx: AppContext, deps: AuditRouteDeps, user: User, weaverId: string,
+  req: FastifyRequest, reply: FastifyReply, ctx: AppContext, deps: AuditRouteDeps, p: Principal, w: { id: string; resource: Resource },
   base: { weaverId: string; types?: string[]; sinceNs?: bigint; untilNs?: bigint; pid?: number }, afterId: number | undefined,
 ): Promise<void> {
   reply.hijack();
   const res = reply.raw;
-  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no', 'x-request-id': String(req.id) });
   let last = afterId ?? 0;
   let closed = false;
   const send = () => {
@@ -139,37 +143,27 @@ async function follow(
       if (page.length < 1000) break;
     }
   };
-  const stillVisible = () => {
-    try {
-      // the credential that opened the stream must still be valid, and its user still a member
-      const p = authenticate(ctx, bearerToken(req));
-      if (p.user.id !== user.id) return false;
-      deps.visibleWeaver(p.user, weaverId);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  const end = (why: string) => {
-    if (closed) return;
+  const finish = () => {
     closed = true;
     off();
-    clearInterval(timer);
-    res.write(`event: end\ndata: ${JSON.stringify({ reason: why })}\n\n`);
-    res.end();
+    clearInterval(ping);
+    unregister();
   };
   const off = deps.onStored((ids) => {
-    if (ids.has(weaverId)) send();
+    if (ids.has(w.id)) send();
   });
-  // re-check access: a stream dies with the membership that opened it
-  const timer = setInterval(() => {
-    if (!stillVisible()) end('access revoked');
-    else if (!closed) res.write(': keepalive\n\n');
-  }, 5000);
-  req.raw.on('close', () => {
-    closed = true;
-    off();
-    clearInterval(timer);
-  });
+  const ping = setInterval(() => res.write(': ping\n\n'), ctx.config.streams.pingSecs * 1000);
+  const unregister = ctx.streams.register(
+    {
+      close: (why) => {
+        if (closed) return;
+        finish();
+        res.write(`event: error\ndata: ${JSON.stringify(why)}\n\n`);
+        res.end();
+      },
+    },
+    { tokenId: p.token.id, userId: p.user.id, need: { action: 'logs', resource: w.resource } },
+  );
+  req.raw.on('close', finish);
   send();
 }
