@@ -1,18 +1,42 @@
 /**
- * Kubernetes: the sidecar filters its own pod. Its cgroup (from /proc/self/cgroup, the unified
- * "0::" line) is the sidecar container's; the parent directory is the pod's, which holds the
- * weaver container's cgroup too. The pod's id is registered with ancestor matching down to its
- * level, and the sidecar's own cgroup is excluded.
+ * Kubernetes: the sidecar filters its own pod. The pod's cgroup is found under the host's cgroup
+ * hierarchy (mounted read-only at LOOM_AUDIT_CGROUP_ROOT) by the pod UID, which both cgroup
+ * drivers put in the directory name (…/pod<uid> or …-pod<uid_with_underscores>.slice). It is
+ * registered with ancestor matching down to its depth; the sidecar's own container cgroup (the
+ * one /proc/self/cgroup names, when the cgroup namespace shows it) is excluded.
  */
-import { readFileSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 
-export function podCgroup(procCgroup = '/proc/self/cgroup', root = process.env.LOOM_AUDIT_CGROUP_ROOT ?? '/sys/fs/cgroup'): { podId: bigint; selfId: bigint; level: number } {
-  const line = readFileSync(procCgroup, 'utf8').split('\n').find((l) => l.startsWith('0::'));
-  if (!line) throw new Error('no cgroup v2 membership in /proc/self/cgroup');
+function findPodDir(root: string, uid: string, depth = 0): string | null {
+  if (depth > 5) return null;
+  const a = `pod${uid}`;
+  const b = `pod${uid.replace(/-/g, '_')}`;
+  let entries: string[];
+  try {
+    entries = readdirSync(root, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name);
+  } catch {
+    return null;
+  }
+  for (const e of entries) if (e === a || e.endsWith(`-${b}.slice`) || e === b) return join(root, e);
+  for (const e of entries) {
+    if (!/^kubepods|burstable|besteffort|guaranteed|\.slice$/.test(e)) continue;
+    const hit = findPodDir(join(root, e), uid, depth + 1);
+    if (hit) return hit;
+  }
+  return null;
+}
+
+export function podCgroup(root = process.env.LOOM_AUDIT_CGROUP_ROOT ?? '/sys/fs/cgroup', uid = process.env.LOOM_AUDIT_POD_UID ?? ''): { podId: bigint; selfId: bigint; level: number } {
+  if (!/^[0-9a-f-]{36}$/.test(uid)) throw new Error('LOOM_AUDIT_POD_UID must be the pod UID (downward API metadata.uid)');
+  const base = existsSync(join(root, 'unified', 'cgroup.controllers')) ? join(root, 'unified') : root;
+  const pod = findPodDir(base, uid);
+  if (!pod) throw new Error(`no cgroup for pod ${uid} under ${base}`);
+  const level = pod.slice(base.length).split('/').filter(Boolean).length;
+  // our own container: /proc/self/cgroup's unified line, relative to the host root when the
+  // cgroup namespace is the host's, else "/" (then our cgroup is the namespace root: its inode)
+  const line = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::')) ?? '0::/';
   const self = line.slice(3).trim();
-  if (self === '/' || !self.startsWith('/')) throw new Error(`the sidecar is not in a pod cgroup (${self}); it must not share the host cgroup namespace root`);
-  const pod = dirname(self);
-  const level = pod.split('/').filter(Boolean).length;
-  return { podId: BigInt(statSync(join(root, pod), { bigint: true }).ino), selfId: BigInt(statSync(join(root, self), { bigint: true }).ino), level };
+  const selfDir = self !== '/' && existsSync(join(base, self)) ? join(base, self) : '/sys/fs/cgroup';
+  return { podId: BigInt(statSync(pod, { bigint: true }).ino), selfId: BigInt(statSync(selfDir, { bigint: true }).ino), level };
 }
