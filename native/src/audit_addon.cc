@@ -266,8 +266,10 @@ class Audit : public Napi::ObjectWrap<Audit> {
     if (running_) {
       running_ = false;
       cv_.notify_all();
+      // The poll thread may be blocked handing a batch to this (JS) thread: abort the queue so
+      // that call returns instead of waiting for us forever, then join.
+      tsfn_.Abort();
       if (thread_.joinable()) thread_.join();
-      tsfn_.Release();
     }
     if (rb_) {
       ring_buffer__free(rb_);
