@@ -3,7 +3,7 @@
  * (no BPF programs loaded) vs on (the sidecar's programs attached), interleaved rep by rep, for
  * a process in an audited cgroup (registered exactly as a weaver's is) and for an unaudited host
  * process; then the sustained rate the pipeline captures with nothing lost.
- *   npx tsx bench/audit/run.ts [--reps 5]      (root; needs the audit addon built)
+ *   node --import tsx bench/audit/run.ts [--reps 5] [--scale 1]   (root; needs the audit addon built)
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, rmdirSync, statSync } from 'node:fs';
@@ -14,6 +14,9 @@ import { DEFAULT_SENSITIVE, ensureTracefs, loadAuditAddon, type AuditBpf } from 
 import { records } from '../../src/audit/decode.js';
 
 const reps = Number(process.argv[process.argv.indexOf('--reps') + 1] || 5);
+// --scale F multiplies every iteration count (a quick look on a busy machine: --scale 0.2)
+const scale = Number(process.argv.includes('--scale') ? process.argv[process.argv.indexOf('--scale') + 1] : 1);
+const n = (x: number) => Math.max(1, Math.round(x * scale));
 const here = fileURLToPath(new URL('.', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'loom-bench-audit-'));
 const ops = join(work, 'ops');
@@ -64,9 +67,9 @@ const timed = (line: string, audited: boolean) => {
 };
 
 const cases: { name: string; unit: string; run: (audited: boolean) => number }[] = [
-  { name: 'open+close (O_WRONLY)', unit: 'ns/op', run: (a) => Number(sh(`${ops} openclose 100000 ${work}/oc-${a}`, a)) },
-  { name: 'getppid', unit: 'ns/op', run: (a) => Number(sh(`${ops} getppid 1000000`, a)) },
-  { name: 'fork+exec /bin/true', unit: 'ns/op', run: (a) => Number(sh(`${ops} forkexec 1000`, a)) },
+  { name: 'open+close (O_WRONLY)', unit: 'ns/op', run: (a) => Number(sh(`${ops} openclose ${n(100000)} ${work}/oc-${a}`, a)) },
+  { name: 'getppid', unit: 'ns/op', run: (a) => Number(sh(`${ops} getppid ${n(1000000)}`, a)) },
+  { name: 'fork+exec /bin/true', unit: 'ns/op', run: (a) => Number(sh(`${ops} forkexec ${n(1000)}`, a)) },
   { name: 'tar -xf /usr/include', unit: 'ms', run: (a) => timed(`d=$(mktemp -d -p ${work}); tar -C $d -xf ${fixture}; rm -rf $d`, a) },
 ];
 
@@ -88,6 +91,7 @@ for (let rep = 0; rep < reps; rep++) {
   }
 }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+process.stderr.write('measuring…\n');
 console.log(`\naudit overhead, median of ${reps} interleaved reps (kernel ${execFileSync('uname', ['-r']).toString().trim()}, ${execFileSync('nproc').toString().trim()} CPUs)`);
 console.log(['case', 'process', 'audit off (baseline)', 'audit on (ours)', 'ratio'].join(' | '));
 for (const [key, r] of results) {
@@ -100,7 +104,7 @@ for (const [key, r] of results) {
 // sustained rate: N write-opens in the audited cgroup, consumer running; captured vs lost
 on();
 captured = 0;
-const N = 300_000;
+const N = n(300_000);
 mkdirSync(join(work, 'rate'));
 const t0 = process.hrtime.bigint();
 sh(`${ops} files ${N} ${work}/rate`, true);
