@@ -10,6 +10,29 @@
       "cflags_cc!": ["-fno-exceptions"]
     },
     {
+      "target_name": "loom_audit_bpf",
+      "type": "none",
+      "actions": [
+        {
+          "action_name": "ebpf_skeletons",
+          "inputs": ["../ebpf/audit.bpf.c", "../ebpf/audit.h", "../ebpf/probe.bpf.c", "../ebpf/Makefile"],
+          "outputs": ["<(SHARED_INTERMEDIATE_DIR)/ebpf/audit.skel.h", "<(SHARED_INTERMEDIATE_DIR)/ebpf/probe.skel.h"],
+          "action": ["make", "-s", "-C", "../ebpf", "OUT=<(SHARED_INTERMEDIATE_DIR)/ebpf"]
+        }
+      ]
+    },
+    {
+      "target_name": "loom_audit",
+      "dependencies": ["loom_audit_bpf"],
+      "sources": ["src/audit_addon.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "../ebpf", "<(SHARED_INTERMEDIATE_DIR)/ebpf"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-pthread", "-Wno-missing-field-initializers"],
+      "ldflags": ["-pthread"],
+      "libraries": ["-lbpf", "-lelf", "-lz"],
+      "cflags_cc!": ["-fno-exceptions"]
+    },
+    {
       "target_name": "loom-attach-relay",
       "type": "executable",
       "sources": ["src/attach-relay.c"],

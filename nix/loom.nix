@@ -1,5 +1,6 @@
 # The loom npm package: TypeScript compiled to dist/, the native addons (better-sqlite3, argon2
-# and loom's own native/ addon) compiled from source, bins `loom` and `loom-server`.
+# and loom's own native/ addons, the libbpf audit addon with its BPF programs from ebpf/)
+# compiled from source, bins `loom`, `loom-server` and `loom-audit-sidecar`.
 #
 # Dependencies come from package-lock.json through ./npm-deps.nix: one fixed-output fetch per entry,
 # hashed by the entry's `integrity`, located from name and version (the lockfile has no
@@ -15,6 +16,12 @@
 , pkg-config
 , makeWrapper
 , npmRegistry ? null
+, llvmPackages
+, bpftools
+, libbpf
+, elfutils
+, zlib
+, linuxPackages_latest
 }:
 let
   root = ../.;
@@ -26,8 +33,9 @@ let
     src = root;
     filter = path: type:
       let rel = lib.removePrefix (toString root + "/") (toString path); in
-      builtins.elem rel [ "package.json" "package-lock.json" ".npmrc" "tsconfig.json" "src" "native" ]
+      builtins.elem rel [ "package.json" "package-lock.json" ".npmrc" "tsconfig.json" "src" "native" "ebpf" ]
       || (lib.hasPrefix "src/" rel)
+      || (lib.hasPrefix "ebpf/" rel && !(lib.hasPrefix "ebpf/build" rel))
       || (lib.hasPrefix "native/" rel && !(lib.hasPrefix "native/build" rel));
   };
 in
@@ -47,10 +55,16 @@ buildNpmPackage {
   npmConfigHook = importNpmLock.npmConfigHook.override { nodejs = nodejs_20; };
 
   # node-gyp: python3, make and a C++ compiler (stdenv); headers from nodejs, never downloaded.
-  nativeBuildInputs = [ python3 pkg-config makeWrapper ];
+  # ebpf/: the unwrapped clang (the wrapper's hardening flags do not apply to -target bpf),
+  # bpftool for vmlinux.h and the skeletons, libbpf/libelf/zlib for the addon.
+  nativeBuildInputs = [ python3 pkg-config makeWrapper llvmPackages.clang-unwrapped llvmPackages.llvm bpftools ];
+  buildInputs = [ libbpf elfutils zlib ];
   env = {
     npm_config_build_from_source = "true";
     npm_config_nodedir = "${nodejs_20}";
+    # The sandbox has no /sys/kernel/btf: vmlinux.h comes from a kernel build's BTF (CO-RE
+    # relocates the programs to the running kernel at load).
+    BTF = "${linuxPackages_latest.kernel.dev}/vmlinux";
   };
 
   # The config hook installs node_modules with scripts disabled; compile the dependencies' addons
@@ -73,6 +87,7 @@ buildNpmPackage {
     cp -r native/build/Release $dest/native/build/
     makeWrapper ${nodejs_20}/bin/node $out/bin/loom --add-flags $dest/dist/cli/main.js
     makeWrapper ${nodejs_20}/bin/node $out/bin/loom-server --add-flags $dest/dist/server/main.js
+    makeWrapper ${nodejs_20}/bin/node $out/bin/loom-audit-sidecar --add-flags $dest/dist/audit/sidecar/main.js
     runHook postInstall
   '';
 
@@ -84,6 +99,7 @@ buildNpmPackage {
     ( cd $out/lib/node_modules/loom && ${nodejs_20}/bin/node -e 'require("better-sqlite3"); require("argon2"); require("./native/build/Release/loom_native.node")' )
     test -x $out/lib/node_modules/loom/native/build/Release/loom-attach-relay
     test -x $out/lib/node_modules/loom/native/build/Release/loom-exec
+    test -f $out/lib/node_modules/loom/native/build/Release/loom_audit.node
     runHook postInstallCheck
   '';
 

@@ -126,8 +126,8 @@ in
         message = "loom-server.nix: the generated options and variables.json disagree"; }
       { assertion = cfg.weaver.defaultTtlHours <= cfg.weaver.maxTtlHours;
         message = "services.loom-server.weaver.defaultTtlHours must not exceed maxTtlHours"; }
-      { assertion = !cfg.weaver.audit.enable || cfg.weaver.audit.image != null;
-        message = "services.loom-server.weaver.audit.image must be set when weaver.audit.enable is true"; }
+      { assertion = !cfg.weaver.audit.enable || cfg.weaver.backend != "kubernetes" || cfg.weaver.audit.image != null;
+        message = "services.loom-server.weaver.audit.image must be set when weaver.audit.enable is true on the kubernetes backend"; }
       { assertion = !cfg.weaver.enable || cfg.weaver.backend != "kubernetes" || withK3s || cfg.weaver.kubeconfigPath != null;
         message = "services.loom-server: backend = \"kubernetes\" needs weaver.kubeconfigPath (or services.loom-k3s on this host)"; }
     ];

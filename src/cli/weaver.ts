@@ -5,6 +5,7 @@ import { Progress, formatDuration, interactive, printJson, printTable } from './
 import { resolveOrg } from './org.js';
 import { attachTerminal, DETACH_KEYS } from './attach.js';
 import { reportOperation, type OperationView } from './branching.js';
+import { registerAuditCommand } from './audit.js';
 
 export interface WeaverView {
   id: string;
@@ -154,6 +155,7 @@ export function registerWeaverCommands(program: Command): void {
     });
 
   const weaver = program.command('weaver').description('manage weavers');
+  registerAuditCommand(weaver);
 
   weaver
     .command('snapshot <id>')

@@ -70,6 +70,20 @@ export async function loadComponents(config: Config, log: Logger): Promise<Serve
     const { weaverComponent } = await import('../weaver/component.js');
     weavers = await weaverComponent(config, log);
     components.push(weavers);
+    // audit: stored events stay readable when the sidecar is switched off
+    const { auditComponent } = await import('../audit/server/component.js');
+    const { WeaverService } = await import('../weaver/service.js');
+    const w = weavers;
+    components.push(
+      auditComponent(config, log, {
+        provisioner: w.backend.provisioner,
+        // what ran inside (argv, paths, addresses) is as private as the weaver's output: the 'logs' right
+        readableWeaver: (u, id) => {
+          const found = w.service().authorized(u, id, 'logs');
+          return { id: found.id, resource: WeaverService.resource(found) };
+        },
+      }),
+    );
   }
   const { branchingComponent } = await import('../branching/component.js');
   components.push(await branchingComponent(config, log));

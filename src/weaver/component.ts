@@ -32,9 +32,12 @@ export interface WeaverDirectory {
   onRemoved(cb: (id: string) => void): () => void;
 }
 
+/** The weaver component, with what other parts may use of it (secrets: records and removals; audit: the visibility rule and the backend). */
 export interface WeaverComponent extends ServerComponent {
   readonly directory: WeaverDirectory;
   readonly provisioner: Provisioner;
+  readonly backend: BackendHandle;
+  service(): WeaverService;
 }
 
 /** The weaver API as a server component. */
@@ -59,6 +62,8 @@ export async function weaverComponent(config: Config, log: Logger, backend?: Bac
         return () => removed.delete(cb);
       },
     },
+    backend: b,
+    service,
     migrations: weaverMigrations,
     async start(ctx) {
       const store = new WeaverStore(ctx.db);

@@ -12,7 +12,9 @@ const NAME_RE = /\b(LOOM_[A-Z0-9_]+|KUBECONFIG)\b/g;
 
 // The CLI (src/cli/) is not the server: its own variables (LOOM_SERVER_URL, LOOM_CONFIG_DIR,
 // LOOM_DEBUG) are the user's, documented with the CLI, and not part of the server's table.
-const NOT_SERVER = ['src/cli/'];
+// loom-audit-sidecar (src/audit/sidecar/) is its own process: its LOOM_AUDIT_* settings are set
+// by loom-server (local) or the pod spec (kubernetes) and documented in README "Audit".
+const NOT_SERVER = ['src/cli/', 'src/audit/sidecar/'];
 
 // Names the server *sets* in a weaver's environment (pod spec / OCI config); it never reads them.
 const WEAVER_ENV = new Set([
@@ -24,6 +26,22 @@ const WEAVER_ENV = new Set([
   'LOOM_AUDIT_HEALTH_PORT',
   'LOOM_AUDIT_POD_NAME',
   'LOOM_AUDIT_POD_NAMESPACE',
+  // the audit sidecar's environment, set by loom-server (src/audit/server/local-sidecar.ts) or the pod spec
+  'LOOM_AUDIT_SERVER_URL',
+  'LOOM_AUDIT_TOKEN_FILE',
+  'LOOM_AUDIT_TOKEN',
+  'LOOM_AUDIT_BUFFER_DIR',
+  'LOOM_AUDIT_LISTEN_ADDR',
+  'LOOM_AUDIT_CONTROL_SOCKET',
+  'LOOM_AUDIT_REGISTRATION_DIR',
+  'LOOM_AUDIT_RING_BYTES',
+  'LOOM_AUDIT_TEST_CONTROLS',
+  'LOOM_AUDIT_LIBBPF_DEBUG',
+  'LOOM_AUDIT_WEAVER_ID',
+  'LOOM_AUDIT_ORG_ID',
+  'LOOM_AUDIT_OWNER_USER_ID',
+  'LOOM_AUDIT_POD_UID',
+  'LOOM_AUDIT_CGROUP_ROOT',
 ]);
 
 // Read, but not configuration: process plumbing, and the variables Kubernetes sets in every pod
@@ -149,7 +167,8 @@ t.test('a wrong value of each type stops the loader with a ConfigError naming th
   for (const ty of ['bool', 'int', 'number', 'enum', 'addr', 'quantity-cpu', 'quantity-memory', 'string']) t.ok(covered.has(ty), `type ${ty} exercised`);
   // Cross-variable checks.
   t.throws(() => loadConfig({ LOOM_SERVER_WEAVER_DEFAULT_TTL_HOURS: '50' }), ConfigError);
-  t.throws(() => loadConfig({ LOOM_SERVER_WEAVER_AUDIT_ENABLED: 'true' }), ConfigError);
+  t.throws(() => loadConfig({ LOOM_SERVER_WEAVER_AUDIT_ENABLED: 'true', LOOM_SERVER_WEAVER_BACKEND: 'kubernetes' }), ConfigError);
+  t.equal(loadConfig({ LOOM_SERVER_WEAVER_AUDIT_ENABLED: 'true' }).weaver.audit.enabled, true, 'the local backend needs no audit image');
 });
 
 t.test("the NixOS module's defaults are the loader's defaults", async (t) => {

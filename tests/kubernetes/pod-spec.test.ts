@@ -6,7 +6,7 @@ import { isValidLabelValue, isValidPodName, toLabelValue } from '../../src/provi
 import { extraPodChecks, type JsonPod } from '../support/k8s-standin/index.js';
 import { spec } from './helpers.js';
 
-const audit = { enabled: true, image: 'ghcr.io/loom/audit-sidecar:1.0', batchIntervalMs: 250, bufferMaxBytes: 64 * 1024 * 1024, metricsPort: 9090, healthPort: 9091 };
+const audit = { enabled: true, image: 'ghcr.io/loom/audit-sidecar:1.0', batchIntervalMs: 250, bufferMaxBytes: 64 * 1024 * 1024, metricsPort: 9090, healthPort: 9091, retentionDays: 30, maxEventsPerWeaver: 1000000 };
 const noAudit = { ...audit, enabled: false };
 
 /** The pod as it goes over the wire, validated like the API server would (schema + a few rules). */
@@ -166,6 +166,15 @@ t.test('audit sidecar is a native sidecar with the configured settings', async (
   t.equal(sc.securityContext?.allowPrivilegeEscalation, false);
   t.equal(sc.resources?.limits?.memory, `${64 + 128}Mi`);
   t.equal(pod.spec!.containers.length, 1, 'the sidecar is not a regular container');
+  t.same(sc.command, ['loom-audit-sidecar'], 'runs the audit sidecar bin');
+  t.equal(env.LOOM_AUDIT_WEAVER_ID, s.id);
+  t.equal(env.LOOM_AUDIT_ORG_ID, s.orgId);
+  const tokenEnv = (sc.env ?? []).find((e) => e.name === 'LOOM_AUDIT_TOKEN');
+  t.same(tokenEnv?.valueFrom?.secretKeyRef, { name: `loom-audit-${s.id}`, key: 'token' }, 'the credential comes from a Secret, not the pod spec');
+  t.equal((sc.env ?? []).find((e) => e.name === 'LOOM_AUDIT_POD_UID')?.valueFrom?.fieldRef?.fieldPath, 'metadata.uid', 'the pod UID finds its cgroup');
+  const vols = Object.fromEntries((pod.spec!.volumes ?? []).map((v) => [v.name, v]));
+  t.equal(vols['host-cgroup']?.hostPath?.path, '/sys/fs/cgroup');
+  t.ok((sc.volumeMounts ?? []).filter((m) => m.name.startsWith('host-')).every((m) => m.readOnly), 'host paths read-only');
 });
 
 t.test('label values', async (t) => {

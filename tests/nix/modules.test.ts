@@ -189,7 +189,9 @@ t.test('loom-server unit: low port, data dir outside the state dir, environmentF
 });
 
 t.test('loom-server assertions', async (t) => {
-  t.match(server({ enable: true, weaver: { audit: { enable: true } } }).failedAssertions, [/audit\.image must be set/]);
+  t.match(server({ enable: true, weaver: { backend: 'kubernetes', kubeconfigPath: '/k', audit: { enable: true } } }).failedAssertions, [/audit\.image must be set/]);
+  // the local backend runs the package's own loom-audit-sidecar: no image needed
+  t.same(server({ enable: true, weaver: { audit: { enable: true } } }).failedAssertions, []);
   t.match(server({ enable: true, weaver: { defaultTtlHours: 50 } }).failedAssertions, [/defaultTtlHours must not exceed maxTtlHours/]);
   t.match(server({ enable: true, weaver: { backend: 'kubernetes' } }).failedAssertions, [/needs weaver\.kubeconfigPath/]);
 });

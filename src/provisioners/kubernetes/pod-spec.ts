@@ -35,6 +35,8 @@ export interface PodSpecOptions {
   gitImage?: string;
   /** Secrets: an init container fetches them from loom-server at url into an in-memory volume. */
   secrets?: { url: string; sizeLimit: string };
+  /** Where the audit sidecar delivers events (loom-server as reachable from pods). */
+  auditServerUrl?: string;
 }
 
 export const SECRETS_AUDIENCE = 'loom-secrets';
@@ -123,12 +125,27 @@ function restrictedSecurityContext(): V1SecurityContext {
 
 const MIB = 1024 * 1024;
 
-function auditSidecar(spec: WeaverSpec, audit: AuditSettings): V1Container {
+/** The Secret holding a weaver pod's audit credential (key `token`), minted by loom-server. */
+export const auditSecretName = (weaverId: string) => `loom-audit-${weaverId}`.slice(0, 253);
+const AUDIT_CGROUP_VOLUME = 'host-cgroup';
+const AUDIT_TRACEFS_VOLUME = 'host-tracefs';
+const AUDIT_BUFFER_VOLUME = 'audit-buffer';
+
+function auditSidecar(spec: WeaverSpec, audit: AuditSettings, serverUrl: string): V1Container {
   // The buffer may fill to bufferMaxBytes; leave room for the process itself.
   const memLimitMi = Math.ceil(audit.bufferMaxBytes / MIB) + 128;
   return {
     name: AUDIT_CONTAINER,
     image: audit.image,
+    // loom-audit-sidecar (src/audit/sidecar/main.ts): filters this pod's cgroup, found by the pod
+    // UID under the host's cgroup hierarchy (mounted read-only), excluding its own container.
+    command: ['loom-audit-sidecar'],
+    volumeMounts: [
+      { name: AUDIT_CGROUP_VOLUME, mountPath: '/host/sys/fs/cgroup', readOnly: true },
+      // per-syscall tracepoint ids: the host's tracefs, since the sidecar may not mount one
+      { name: AUDIT_TRACEFS_VOLUME, mountPath: '/sys/kernel/tracing', readOnly: true },
+      { name: AUDIT_BUFFER_VOLUME, mountPath: '/var/lib/loom-audit' },
+    ],
     // A native sidecar (Kubernetes >= 1.29): an init container that keeps running beside the main
     // container and is stopped once the main container ends, so it never keeps the pod alive.
     restartPolicy: 'Always',
@@ -144,6 +161,15 @@ function auditSidecar(spec: WeaverSpec, audit: AuditSettings): V1Container {
       { name: 'LOOM_AUDIT_HEALTH_PORT', value: String(audit.healthPort) },
       { name: 'LOOM_AUDIT_POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: 'LOOM_AUDIT_POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+      { name: 'LOOM_AUDIT_POD_UID', valueFrom: { fieldRef: { fieldPath: 'metadata.uid' } } },
+      { name: 'LOOM_AUDIT_WEAVER_ID', value: spec.id },
+      { name: 'LOOM_AUDIT_ORG_ID', value: spec.orgId },
+      { name: 'LOOM_AUDIT_OWNER_USER_ID', value: spec.ownerUserId },
+      { name: 'LOOM_AUDIT_SERVER_URL', value: serverUrl },
+      { name: 'LOOM_AUDIT_CGROUP_ROOT', value: '/host/sys/fs/cgroup' },
+      { name: 'LOOM_AUDIT_BUFFER_DIR', value: '/var/lib/loom-audit/buffer' },
+      // the credential the server minted for this weaver's pod (stored hashed on the server)
+      { name: 'LOOM_AUDIT_TOKEN', valueFrom: { secretKeyRef: { name: auditSecretName(spec.id), key: 'token' } } },
     ],
     livenessProbe: {
       httpGet: { path: '/health', port: 'health' },
@@ -208,8 +234,15 @@ export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
   };
 
   const initContainers: V1Container[] = [];
-  if (opts.audit.enabled) initContainers.push(auditSidecar(spec, opts.audit));
+  if (opts.audit.enabled) initContainers.push(auditSidecar(spec, opts.audit, opts.auditServerUrl ?? ''));
   const volumes: V1Volume[] = [{ name: WORKSPACE_VOLUME, emptyDir: {} }];
+  if (opts.audit.enabled) {
+    volumes.push(
+      { name: AUDIT_CGROUP_VOLUME, hostPath: { path: '/sys/fs/cgroup', type: 'Directory' } },
+      { name: AUDIT_TRACEFS_VOLUME, hostPath: { path: '/sys/kernel/tracing', type: 'Directory' } },
+      { name: AUDIT_BUFFER_VOLUME, emptyDir: { sizeLimit: `${Math.ceil(opts.audit.bufferMaxBytes / MIB) + 16}Mi` } },
+    );
+  }
   if (opts.secrets) {
     volumes.push(
       { name: SECRETS_VOLUME, emptyDir: { medium: 'Memory', sizeLimit: opts.secrets.sizeLimit } },

@@ -61,6 +61,8 @@ export interface WeaverConfig {
     bufferMaxBytes: number;
     metricsPort: number;
     healthPort: number;
+    retentionDays: number;
+    maxEventsPerWeaver: number;
   };
 }
 
@@ -235,6 +237,8 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
         bufferMaxBytes: get<number>('LOOM_SERVER_WEAVER_AUDIT_BUFFER_MAX_BYTES'),
         metricsPort: get<number>('LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT'),
         healthPort: get<number>('LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT'),
+        retentionDays: get<number>('LOOM_SERVER_WEAVER_AUDIT_RETENTION_DAYS'),
+        maxEventsPerWeaver: get<number>('LOOM_SERVER_WEAVER_AUDIT_MAX_EVENTS_PER_WEAVER'),
       },
     },
     branching: {
@@ -282,8 +286,8 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
   const cidr = /^(?:(?:\d{1,3}\.){3}\d{1,3}\/(?:3[0-2]|[12]?\d)|[0-9a-fA-F:]*:[0-9a-fA-F:]*\/(?:12[0-8]|1[01]\d|[1-9]?\d))$/;
   const badCidr = cfg.weaver.k8sInternalCidrs.find((c) => !cidr.test(c));
   if (badCidr !== undefined) throw new ConfigError('LOOM_SERVER_WEAVER_K8S_INTERNAL_CIDRS', `${JSON.stringify(badCidr)} (accepts comma-separated CIDRs such as 10.0.0.0/8,fc00::/7)`);
-  if (cfg.weaver.audit.enabled && !cfg.weaver.audit.image) {
-    throw new ConfigError('LOOM_SERVER_WEAVER_AUDIT_IMAGE', 'must be set when LOOM_SERVER_WEAVER_AUDIT_ENABLED is true');
+  if (cfg.weaver.audit.enabled && cfg.weaver.backend === 'kubernetes' && !cfg.weaver.audit.image) {
+    throw new ConfigError('LOOM_SERVER_WEAVER_AUDIT_IMAGE', 'must be set when LOOM_SERVER_WEAVER_AUDIT_ENABLED is true on the kubernetes backend');
   }
   return cfg;
 }
