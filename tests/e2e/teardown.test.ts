@@ -32,8 +32,9 @@ async function runFailing(t: Tap, mode: 'test' | 'stop'): Promise<{ code: number
   });
   const child = spawn(process.execPath, ['--import=tsx', FIXTURE], {
     cwd: ROOT,
-    // The child is a plain tap run of its own (none of this runner's TAP_* settings, e.g. a grep).
-    env: { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TAP'))), LOOM_TEST_FORCE_FAIL: mode, LOOM_TEST_REPORT: reportFile },
+    // The child is a plain tap run of its own (none of this runner's TAP_* settings, e.g. a grep),
+    // with a timeout fit for a loaded machine (tap's default for a bare run is 30 s).
+    env: { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TAP'))), LOOM_TEST_FORCE_FAIL: mode, LOOM_TEST_REPORT: reportFile, TAP_TIMEOUT: '600' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
