@@ -66,6 +66,9 @@ t.test('a test that throws with containers running: its teardown removes them th
   t.match(out, /teardown removed through the runtime: .*mount \S+\/rootfs/, "and unmounted the weaver's root filesystem");
   // The loop device is not a container's: the server's stop() found it, removed it and said so.
   t.match(out, /leaked by the server or test under .*loop devices: \/dev\/loop\d+/, 'the stray loop device was reported');
+  // …and only it: the teardown had already removed the containers, so stop() found no process or cgroup.
+  t.notMatch(out, /leaked by the server or test under [^\n]*processes: /, 'no container process was left for stop() to find');
+  t.notMatch(out, /leaked by the server or test under [^\n]*cgroups: /, 'no cgroup was left for stop() to find');
   assertNothingLeft(t, report);
 });
 
