@@ -32,8 +32,9 @@ async function runFailing(t: Tap, mode: 'test' | 'stop'): Promise<{ code: number
   });
   const child = spawn(process.execPath, ['--import=tsx', FIXTURE], {
     cwd: ROOT,
-    // The child is a plain tap run of its own (none of this runner's TAP_* settings, e.g. a grep).
-    env: { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TAP'))), LOOM_TEST_FORCE_FAIL: mode, LOOM_TEST_REPORT: reportFile },
+    // The child is a plain tap run of its own (none of this runner's TAP_* settings, e.g. a grep),
+    // with a timeout fit for a loaded machine (tap's default for a bare run is 30 s).
+    env: { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TAP'))), LOOM_TEST_FORCE_FAIL: mode, LOOM_TEST_REPORT: reportFile, TAP_TIMEOUT: '600' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -65,6 +66,9 @@ t.test('a test that throws with containers running: its teardown removes them th
   t.match(out, /teardown removed through the runtime: .*mount \S+\/rootfs/, "and unmounted the weaver's root filesystem");
   // The loop device is not a container's: the server's stop() found it, removed it and said so.
   t.match(out, /leaked by the server or test under .*loop devices: \/dev\/loop\d+/, 'the stray loop device was reported');
+  // …and only it: the teardown had already removed the containers, so stop() found no process or cgroup.
+  t.notMatch(out, /leaked by the server or test under [^\n]*processes: /, 'no container process was left for stop() to find');
+  t.notMatch(out, /leaked by the server or test under [^\n]*cgroups: /, 'no cgroup was left for stop() to find');
   assertNothingLeft(t, report);
 });
 
