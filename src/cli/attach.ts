@@ -21,8 +21,8 @@ export interface AttachOptions {
 /** Close codes the server sends on purpose: the session is over, do not reconnect. */
 const FINAL_CLOSE_CODES = new Set([1000, 1001, 1008, 1011, 4401, 4403]);
 
-const envSeconds = (name: string, dflt: number) => {
-  const v = Number(process.env[name]);
+const envSeconds = (raw: string | undefined, dflt: number) => {
+  const v = Number(raw);
   return Number.isFinite(v) && v > 0 ? v * 1000 : dflt;
 };
 
@@ -39,8 +39,8 @@ export function attachTerminal(
   io: { stdin: NodeJS.ReadStream; stdout: NodeJS.WriteStream } = { stdin: process.stdin, stdout: process.stdout },
   opts: AttachOptions = {},
 ): Promise<AttachResult> {
-  const pingMs = opts.pingMs ?? envSeconds('LOOM_ATTACH_PING_SECS', 15_000);
-  const reconnectMs = opts.reconnectMs ?? envSeconds('LOOM_ATTACH_RECONNECT_SECS', 60_000);
+  const pingMs = opts.pingMs ?? envSeconds(process.env['LOOM_ATTACH_PING_SECS'], 15_000);
+  const reconnectMs = opts.reconnectMs ?? envSeconds(process.env['LOOM_ATTACH_RECONNECT_SECS'], 60_000);
   const base = `${api.serverUrl.replace(/^http/, 'ws')}/api/weaver/${encodeURIComponent(weaverId)}/attach`;
   const tty = io.stdin.isTTY === true;
   return new Promise<AttachResult>((resolve, reject) => {

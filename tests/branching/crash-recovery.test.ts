@@ -23,9 +23,9 @@ const weaverRuntimeState = (dataDir: string, id: string): string | null => {
 t.test('a container frozen by an app-consistent snapshot is thawed after a crash', async (t) => {
   const fx = makeFixture();
   const dataDir = freshDataDir();
-  const env = { LOOM_SERVER_WEAVER_ENABLED: 'false' };
+  const env = { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_IMPORT_ROOTS: fx.dir };
   let srv: TestServer = await startServer({ dataDir, keepData: true, env });
-  let token = await srv.token('alice');
+  let token = await srv.token('alice', true);
   t.teardown(async () => {
     await cleanupContainers(srv, [token]).catch(() => undefined);
     await srv.stop();
@@ -45,7 +45,7 @@ t.test('a container frozen by an app-consistent snapshot is thawed after a crash
   t.equal(runtimeState(dataDir, cid), 'paused', 'the crash left it frozen (what restart must undo)');
 
   srv = await startServer({ dataDir, keepData: true, env });
-  token = await srv.token('alice');
+  token = await srv.token('alice', true);
   t.equal(runtimeState(dataDir, cid), 'running', 'thawed at start');
   t.equal((await srv.api<{ status: string }>('GET', `/api/containers/${cid}`, token)).body.status, 'running', 'the API agrees with the runtime');
   const op = await srv.api<Op>('GET', `/api/operations/${snap.body.operation_id}`, token);
@@ -88,9 +88,9 @@ t.test('a weaver frozen by an app-consistent snapshot is thawed after a crash', 
 t.test('a fork interrupted in its clone phase leaves no container and no snapshot', async (t) => {
   const fx = makeFixture();
   const dataDir = freshDataDir();
-  const env = { LOOM_SERVER_WEAVER_ENABLED: 'false' };
+  const env = { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_IMPORT_ROOTS: fx.dir };
   let srv: TestServer = await startServer({ dataDir, keepData: true, env });
-  let token = await srv.token('carol');
+  let token = await srv.token('carol', true);
   t.teardown(async () => {
     await cleanupContainers(srv, [token]).catch(() => undefined);
     await srv.stop();
@@ -112,7 +112,7 @@ t.test('a fork interrupted in its clone phase leaves no container and no snapsho
   t.equal((await srv.api<{ status: string }>('GET', `/api/snapshots/${sid}`, token)).body.status, 'creating', 'still in the snapshot phase');
   await srv.stop('SIGKILL');
   srv = await startServer({ dataDir, keepData: true, env });
-  token = await srv.token('carol');
+  token = await srv.token('carol', true);
   t.equal((await srv.api('GET', `/api/containers/${result}`, token)).status, 404, 'snapshot phase: no fork container left');
   t.equal((await srv.api('GET', `/api/snapshots/${sid}`, token)).status, 404, 'snapshot phase: no snapshot left');
   await srv.stop();

@@ -12,7 +12,13 @@ import { env, loadConfig, testKnobs, VARIABLES } from '../../src/server/config/l
 const ACCESSOR_FILE = 'src/server/config/load.ts';
 
 // The CLI is not the server: it reads its user's own variables, by literal name only.
-const CLI_VARIABLES = new Set(['LOOM_SERVER_URL', 'LOOM_CONFIG_DIR', 'LOOM_DEBUG']);
+const CLI_VARIABLES = new Set(['LOOM_SERVER_URL', 'LOOM_CONFIG_DIR', 'LOOM_DEBUG', 'LOOM_ATTACH_PING_SECS', 'LOOM_ATTACH_RECONNECT_SECS']);
+// The audit sidecar is a program of its own, configured by loom-server (or its pod spec) through
+// LOOM_AUDIT_* variables; its one accessor may read them by computed name.
+const SIDECAR_DIR = 'src/audit/sidecar/';
+const COMPUTED_OK: Record<string, string> = {
+  'src/audit/sidecar/main.ts|process.env[name]': 'the sidecar\'s own accessor of its LOOM_AUDIT_* variables',
+};
 
 // Whole-environment uses that read no LOOM_* value themselves (each with why it is fine).
 const ALIASES_OK: Record<string, string> = {
@@ -40,9 +46,11 @@ function isProcessEnv(n: ts.Node): boolean {
 export function envReads(rel: string, text: string): Finding[] {
   const sf = ts.createSourceFile(rel, text, ts.ScriptTarget.ES2022, true, ts.ScriptKind.TS);
   const cli = rel.startsWith('src/cli/');
+  const sidecar = rel.startsWith(SIDECAR_DIR);
   const out: Finding[] = [];
   const report = (n: ts.Node, what: string) => out.push({ file: rel, line: sf.getLineAndCharacterOfPosition(n.getStart()).line + 1, what });
-  const nameAllowed = (name: string) => (cli ? !name.startsWith('LOOM_') || CLI_VARIABLES.has(name) : !CONFIG_NAME.test(name));
+  const nameAllowed = (name: string) =>
+    cli ? !name.startsWith('LOOM_') || CLI_VARIABLES.has(name) : sidecar ? !CONFIG_NAME.test(name) || name.startsWith('LOOM_AUDIT_') : !CONFIG_NAME.test(name);
   const visit = (n: ts.Node): void => {
     // `const { env } = process` takes the environment out of sight.
     if (ts.isVariableDeclaration(n) && ts.isObjectBindingPattern(n.name) && n.initializer && ts.isIdentifier(n.initializer) && n.initializer.text === 'process') {
@@ -53,7 +61,9 @@ export function envReads(rel: string, text: string): Finding[] {
       if (ts.isPropertyAccessExpression(p) && p.expression === n) {
         if (!nameAllowed(p.name.text)) report(p, `reads process.env.${p.name.text}`);
       } else if (ts.isElementAccessExpression(p) && p.expression === n) {
-        if (!ts.isStringLiteralLike(p.argumentExpression)) report(p, `reads process.env[${p.argumentExpression.getText(sf)}] (computed key)`);
+        if (!ts.isStringLiteralLike(p.argumentExpression)) {
+          if (!COMPUTED_OK[`${rel}|${p.getText(sf)}`]) report(p, `reads process.env[${p.argumentExpression.getText(sf)}] (computed key)`);
+        }
         else if (!nameAllowed(p.argumentExpression.text)) report(p, `reads process.env['${p.argumentExpression.text}']`);
       } else if (ts.isSpreadAssignment(p)) {
         // {...process.env, X: y}: the environment handed to a child process; nothing is read here.

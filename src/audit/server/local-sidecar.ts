@@ -13,6 +13,10 @@ import type { Logger } from '../../common/log.js';
 import type { RuntimeHook } from '../../provisioners/local/hooks.js';
 import { controlRequest, type Registration } from '../sidecar/control.js';
 import type { AuditStore } from './store.js';
+import { env } from '../../server/config/load.js';
+
+/** Operator tuning and the test-only pause control, passed from the server's environment to the sidecar's. */
+const PASSED_THROUGH = ['LOOM_AUDIT_RING_BYTES', 'LOOM_AUDIT_TEST_CONTROLS', 'LOOM_AUDIT_LIBBPF_DEBUG'];
 
 export interface LocalSidecarOptions {
   dataDir: string;
@@ -110,7 +114,10 @@ export class LocalSidecar {
         LOOM_AUDIT_CONTROL_SOCKET: this.sock,
         LOOM_AUDIT_REGISTRATION_DIR: this.regDir,
         // operator tuning and the test-only pause control pass through from the server's environment
-        ...Object.fromEntries(Object.entries(process.env).filter(([k]) => k === 'LOOM_AUDIT_RING_BYTES' || k === 'LOOM_AUDIT_TEST_CONTROLS' || k === 'LOOM_AUDIT_LIBBPF_DEBUG')),
+        ...Object.fromEntries(PASSED_THROUGH.flatMap((k) => {
+          const v = env(k);
+          return v === undefined ? [] : [[k, v]];
+        })),
         ...this.o.env,
       },
     });
