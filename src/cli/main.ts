@@ -7,6 +7,7 @@ import { registerOrgCommands } from './org.js';
 import { registerWeaverCommands } from './weaver.js';
 import { registerImageCommands } from './image.js';
 import { registerBranchingCommands } from './branching.js';
+import { registerRunCommands } from './run.js';
 
 const program = new Command('loom')
   .description('Loom: disposable development environments (weavers) and near-instant state branching')
@@ -20,6 +21,7 @@ registerOrgCommands(program);
 registerWeaverCommands(program);
 registerImageCommands(program);
 registerBranchingCommands(program);
+registerRunCommands(program);
 
 function fail(message: string, code = 1): never {
   process.stderr.write(`loom: ${message}\n`);
