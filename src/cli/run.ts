@@ -6,9 +6,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { CliError } from './client.js';
-import { EXIT, runLocal, type MountMode } from '../run/runner.js';
-import { WorkflowError, formatProblem, loadWorkflow } from '../run/workflow.js';
-import '../run/container-provider.js';
+import type { MountMode } from '../run/runner.js';
 
 const MODES = ['bind_mount', 'ephemeral_volume'];
 
@@ -48,9 +46,12 @@ export function registerRunCommands(program: Command): void {
     .option('-v, --verbose', 'show system events (provider, cache, cleanup)')
     .option('--docker-workspace-mount <mode>', 'bind_mount | ephemeral_volume (container jobs; default ephemeral_volume)')
     .action(async (opts: { workflow: string; job: string[]; stream?: boolean; quiet?: boolean; verbose?: boolean; dockerWorkspaceMount?: string }) => {
+      // Loaded on use: the runner pulls in the image store, KeePass and Argon2, which other commands never need.
+      const { EXIT, runLocal } = await import('../run/runner.js');
+      await import('../run/container-provider.js');
       const cwd = process.cwd();
       const mount = opts.dockerWorkspaceMount ?? process.env['LOOM_DOCKER_WORKSPACE_MOUNT'] ?? configValue(repoRootOf(cwd), 'docker_workspace_mount') ?? 'ephemeral_volume';
-      if (!MODES.includes(mount)) throw new CliError(`--docker-workspace-mount must be bind_mount or ephemeral_volume (got ${JSON.stringify(mount)})`, EXIT.usage);
+      if (!MODES.includes(mount)) throw new CliError(`--docker-workspace-mount must be bind_mount or ephemeral_volume (got ${JSON.stringify(mount)})`, 2);
       const code = await runLocal({
         cwd,
         workflow: opts.workflow,
@@ -72,6 +73,7 @@ export function registerRunCommands(program: Command): void {
     .option('--workflow <file>', 'workflow file, relative to the repository root', '.loom/workflow.yml')
     .option('--json', 'output JSON')
     .action(async (opts: { workflow: string; json?: boolean }, cmd: Command) => {
+      const { WorkflowError, formatProblem, loadWorkflow } = await import('../run/workflow.js');
       const json = opts.json === true || cmd.optsWithGlobals<{ json?: boolean }>().json === true;
       const root = repoRootOf(process.cwd()) ?? process.cwd();
       try {

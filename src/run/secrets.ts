@@ -5,8 +5,7 @@
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import argon2 from 'argon2';
-import * as kdbxweb from 'kdbxweb';
+import type * as Kdbx from 'kdbxweb';
 import { which } from '../provisioners/local/runtime.js';
 
 export type SecretErrorCode =
@@ -22,10 +21,11 @@ export class SecretError extends Error {
   }
 }
 
-let argonSet = false;
-function useArgon2(): void {
-  if (argonSet) return;
-  argonSet = true;
+let kdbxweb: typeof Kdbx;
+async function loadKdbx(): Promise<void> {
+  if (kdbxweb) return;
+  kdbxweb = (await import('kdbxweb')) as typeof Kdbx;
+  const argon2 = (await import('argon2')).default;
   // KDBX 4 databases derive their key with Argon2; the argon2 package (already a dependency) does it natively.
   kdbxweb.CryptoEngine.setArgon2Impl(async (password, salt, memory, iterations, length, parallelism, type, version) => {
     const raw = await argon2.hash(Buffer.from(password), {
@@ -44,7 +44,7 @@ function useArgon2(): void {
 
 const aliasEnv = (alias: string) => alias.toUpperCase().replace(/-/g, '_');
 
-function findEntry(group: kdbxweb.KdbxGroup, title: string): kdbxweb.KdbxEntry | undefined {
+function findEntry(group: Kdbx.KdbxGroup, title: string): Kdbx.KdbxEntry | undefined {
   for (const e of group.entries) {
     const t = e.fields.get('Title');
     if ((t instanceof kdbxweb.ProtectedValue ? t.getText() : t) === title) return e;
@@ -56,7 +56,7 @@ function findEntry(group: kdbxweb.KdbxGroup, title: string): kdbxweb.KdbxEntry |
   return undefined;
 }
 
-const dbCache = new Map<string, Promise<kdbxweb.Kdbx>>();
+const dbCache = new Map<string, Promise<Kdbx.Kdbx>>();
 
 async function keepass(alias: string, entry: string, field: string, ref: string): Promise<string | undefined> {
   const a = aliasEnv(alias);
@@ -65,7 +65,7 @@ async function keepass(alias: string, entry: string, field: string, ref: string)
   if (!path || password === undefined) {
     throw new SecretError('SECRETS_PROVIDER_UNAVAILABLE', `${ref}: KeePass alias "${alias}" is not configured (set LOOM_KEEPASS_${a}_DB and LOOM_KEEPASS_${a}_PASSWORD)`);
   }
-  useArgon2();
+  await loadKdbx();
   let db = dbCache.get(path + '\0' + password);
   if (!db) {
     db = (async () => {
@@ -75,7 +75,7 @@ async function keepass(alias: string, entry: string, field: string, ref: string)
     })();
     dbCache.set(path + '\0' + password, db);
   }
-  let kdbx: kdbxweb.Kdbx;
+  let kdbx: Kdbx.Kdbx;
   try {
     kdbx = await db;
   } catch (e) {
