@@ -219,7 +219,7 @@ class FileReader {
         case 'script': {
           const list = this.strList(v, `${what}.script`);
           if (list) {
-            if (list.length === 0) this.err(v as Node, `${what}.script must not be empty`);
+            if (isSeq(v) && v.items.length === 0) this.err(v as Node, `${what}.script must not be empty`);
             if (isSeq(v)) v.items.forEach((item, i) => {
               if (list[i] !== undefined && list[i]!.includes('\n')) this.err(item as Node, `${what}.script entry ${i + 1} spans several lines; give one command per entry`);
             });
