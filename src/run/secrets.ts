@@ -24,7 +24,9 @@ export class SecretError extends Error {
 let kdbxweb: typeof Kdbx;
 async function loadKdbx(): Promise<void> {
   if (kdbxweb) return;
-  kdbxweb = (await import('kdbxweb')) as typeof Kdbx;
+  // A CommonJS module: its exports arrive as the default export.
+  const mod = (await import('kdbxweb')) as typeof Kdbx & { default?: typeof Kdbx };
+  kdbxweb = mod.default ?? mod;
   const argon2 = (await import('argon2')).default;
   // KDBX 4 databases derive their key with Argon2; the argon2 package (already a dependency) does it natively.
   kdbxweb.CryptoEngine.setArgon2Impl(async (password, salt, memory, iterations, length, parallelism, type, version) => {
