@@ -8,7 +8,7 @@
  */
 import { execFile } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
-import { chmod, copyFile, lstat, mkdir, mkdtemp, readlink, rm, symlink } from 'node:fs/promises';
+import { appendFile, chmod, copyFile, lstat, mkdir, mkdtemp, readlink, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -91,6 +91,9 @@ export async function prepareWorkspace(repoRoot: string, runId: string, warn: (m
   try {
     await git(repoRoot, ['clone', '-q', '--shared', '--no-checkout', '--', repoRoot, ws]);
     await git(ws, ['-c', 'advice.detachedHead=false', '-c', 'checkout.workers=0', 'checkout', '-q', '--detach', headSha]);
+    // The run's own logs and receipts never show up as changes in the workspace.
+    await mkdir(join(ws, '.git', 'info'), { recursive: true });
+    await appendFile(join(ws, '.git', 'info', 'exclude'), `\n/${RUNTIME_PREFIX}\n`);
     const { changed, untracked } = await dirtyPaths(repoRoot);
     const all = [...changed, ...untracked];
     // Small batches keep the number of open files bounded while still overlapping I/O.
