@@ -10,7 +10,7 @@ import { execFile } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
 import { appendFile, chmod, copyFile, lstat, mkdir, mkdtemp, readlink, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { safeRelative } from './workflow.js';
 
@@ -43,6 +43,33 @@ async function dirtyPaths(root: string): Promise<{ changed: Set<string>; untrack
   return { changed, untracked };
 }
 
+/**
+ * Makes every parent of `rel` inside the workspace a real directory. A parent that is a symlink
+ * or a file (HEAD's version of a path the working tree turned into a directory) is replaced, so a
+ * write never follows a link out of the workspace. With `create` false, answers whether the
+ * parents are already real directories, changing nothing.
+ */
+async function realParents(ws: string, rel: string, create: boolean): Promise<boolean> {
+  const parts = rel.split('/').slice(0, -1);
+  let cur = ws;
+  for (const part of parts) {
+    cur = join(cur, part);
+    let st;
+    try {
+      st = await lstat(cur);
+    } catch {
+      if (!create) return false;
+      await mkdir(cur, { recursive: true });
+      continue;
+    }
+    if (st.isDirectory()) continue;
+    if (!create) return false;
+    await rm(cur, { force: true });
+    await mkdir(cur, { recursive: true });
+  }
+  return true;
+}
+
 async function bring(root: string, ws: string, rel: string, r: WorkspaceResult, warn: (m: string) => void): Promise<void> {
   if (!safeRelative(rel) || rel.startsWith(RUNTIME_PREFIX) || rel === '.git' || rel.startsWith('.git/')) return;
   const src = join(root, rel);
@@ -53,11 +80,18 @@ async function bring(root: string, ws: string, rel: string, r: WorkspaceResult, 
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT' && (e as NodeJS.ErrnoException).code !== 'ENOTDIR') throw e;
     // Gone from the working tree: deleted (or renamed away).
-    await rm(dest, { force: true, recursive: false }).catch(() => undefined);
+    if (await realParents(ws, rel, false)) await rm(dest, { force: true, recursive: false }).catch(() => undefined);
     r.deleted++;
     return;
   }
   if (st.isDirectory()) {
+    // A tracked symlink or file that became a directory: drop HEAD's version; the directory's
+    // untracked contents are brought over one by one.
+    const have = await realParents(ws, rel, false) ? await lstat(dest).catch(() => undefined) : undefined;
+    if (have && !have.isDirectory()) {
+      await rm(dest, { force: true });
+      return;
+    }
     // A gitlink (submodule) shows up as a directory: its contents are another repository's.
     r.skipped.push(rel);
     warn(`skipped ${rel}: submodules are not copied into the isolated workspace`);
@@ -68,7 +102,7 @@ async function bring(root: string, ws: string, rel: string, r: WorkspaceResult, 
     warn(`skipped ${rel}: special files (devices, sockets, fifos) are not supported`);
     return;
   }
-  await mkdir(dirname(dest), { recursive: true });
+  await realParents(ws, rel, true);
   await rm(dest, { force: true });
   if (st.isSymbolicLink()) {
     await symlink(await readlink(src), dest);
@@ -95,10 +129,12 @@ export async function prepareWorkspace(repoRoot: string, runId: string, warn: (m
     await mkdir(join(ws, '.git', 'info'), { recursive: true });
     await appendFile(join(ws, '.git', 'info', 'exclude'), `\n/${RUNTIME_PREFIX}\n`);
     const { changed, untracked } = await dirtyPaths(repoRoot);
-    const all = [...changed, ...untracked];
+    // Tracked changes first (they may turn HEAD's links into directories), then untracked files.
     // Small batches keep the number of open files bounded while still overlapping I/O.
-    for (let i = 0; i < all.length; i += 32) {
-      await Promise.all(all.slice(i, i + 32).map((rel) => bring(repoRoot, ws, rel, r, warn)));
+    for (const list of [[...changed], untracked]) {
+      for (let i = 0; i < list.length; i += 32) {
+        await Promise.all(list.slice(i, i + 32).map((rel) => bring(repoRoot, ws, rel, r, warn)));
+      }
     }
     return r;
   } catch (e) {

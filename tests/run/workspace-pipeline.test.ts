@@ -1,7 +1,8 @@
 /** `loom run --local` on the host provider: the isolated workspace, a multi-stage pipeline, logs and receipts. */
 import t from 'tap';
-import { existsSync, lstatSync, readFileSync, readlinkSync, readdirSync, symlinkSync, unlinkSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, existsSync, lstatSync, readFileSync, readlinkSync, readdirSync, symlinkSync, unlinkSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { tmpdir } from 'node:os';
 import { cleanup, loom, makeRepo, readEvents, readJson, receiptOf, sh, workspaceOf, writeFiles } from './helpers.js';
 
 const tmp: string[] = [];
@@ -84,6 +85,22 @@ t.test('the workspace holds HEAD plus the working tree state, minus ignored file
   t.equal(receipt.snapshot_path, ws);
   const failing = readJson<{ failing_step: string; failing_step_events_path: string }>(join(receipt.logs_dir, 'jobs/needs-env/manifest.json'));
   t.equal(failing.failing_step, '01');
+});
+
+t.test('a link in HEAD that became a directory cannot lead a copy out of the workspace', async (t) => {
+  const outside = mkdtempSync(join(tmpdir(), 'loom-run-outside-'));
+  tmp.push(outside);
+  const repo = makeRepo({ '.loom/workflow.yml': 'version: "v1"\nstages: [a]\nj:\n  stage: a\n  script: ["true"]\n' }, tmp);
+  symlinkSync(outside, join(repo, 'evil'));
+  writeFileSync(join(outside, 'victim.txt'), 'keep me\n');
+  sh(repo, 'git add evil && git commit -qm link && rm evil && mkdir evil && echo planted > evil/victim.txt');
+  const r = await loom(['run', '--local'], repo);
+  track(r);
+  t.equal(r.code, 0, r.stderr);
+  const ws = workspaceOf(r);
+  t.equal(readFileSync(join(outside, 'victim.txt'), 'utf8'), 'keep me\n', 'nothing written through the link');
+  t.ok(lstatSync(join(ws, 'evil')).isDirectory());
+  t.equal(readFileSync(join(ws, 'evil/victim.txt'), 'utf8'), 'planted\n');
 });
 
 t.test('a multi-stage pipeline with a failing job: receipt, manifests, failing pointers, events', async (t) => {
