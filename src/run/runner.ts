@@ -314,7 +314,8 @@ export async function runLocal(o: RunOptions): Promise<number> {
       status = 'failure';
       exitCode = e instanceof JobFailure ? e.exitCode : 1;
       error = e instanceof SecretError ? e.message : (e as Error).message;
-      sys(e instanceof SecretError ? 'provider' : 'cleanup', 'job.execution', `job failed: ${error}`, 'error');
+      if (e instanceof SecretError || !failingStep) sys('provider', 'job.provider_prepare', `job failed: ${error}`, 'error');
+      else sink.emit([jobEvents, runEvents], { stream: 'system', scope: 'job', phase_code: 'job.execution', phase_family: 'job', job_id: jobId, level: 'error', message: `job failed: ${error}` });
     }
     for (let i = steps.length; i < job.script.length; i++) {
       steps.push({ step: String(i + 1).padStart(2, '0'), command: job.script[i]!, status: 'skipped', exit_code: null, summary_path: '', events_path: '' });
