@@ -17,6 +17,7 @@ for (const stream of [process.stdout, process.stderr]) {
   });
 }
 import { registerSecretCommands } from './secret.js';
+import { registerRunCommands } from './run.js';
 
 const program = new Command('loom')
   .description('Loom: disposable development environments (weavers) and near-instant state branching')
@@ -32,6 +33,7 @@ registerImageCommands(program);
 registerBranchingCommands(program);
 registerExecCommands(program);
 registerSecretCommands(program);
+registerRunCommands(program);
 
 function fail(message: string, code = 1): never {
   process.stderr.write(`loom: ${message}\n`);
