@@ -21,9 +21,10 @@ import { detectRuntime, type RuntimeInfo } from '../provisioners/local/runtime.j
 import { buildOciSpec } from '../provisioners/local/spec.js';
 import { runProcess, type JobProvider, type StepOutput } from './host-provider.js';
 import { setContainerProviderFactory, type MountMode } from './runner.js';
+import { env } from '../server/config/load.js';
 
 export function localDataDir(): string {
-  return process.env['LOOM_DATA_DIR'] || join(process.env['XDG_DATA_HOME'] || join(homedir(), '.local', 'share'), 'loom');
+  return env('LOOM_DATA_DIR') || join(process.env['XDG_DATA_HOME'] || join(homedir(), '.local', 'share'), 'loom');
 }
 
 let runtime: Promise<RuntimeInfo> | undefined;
