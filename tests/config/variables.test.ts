@@ -42,6 +42,10 @@ const WEAVER_ENV = new Set([
   'LOOM_AUDIT_OWNER_USER_ID',
   'LOOM_AUDIT_POD_UID',
   'LOOM_AUDIT_CGROUP_ROOT',
+  // `loom run --local` (a CLI command): the predefined variables of the workflow contract it sets
+  // for every job, and the user's KeePass aliases (LOOM_KEEPASS_<ALIAS>_DB / _PASSWORD)
+  'LOOM_CI', 'LOOM_RUN_ID', 'LOOM_PIPELINE_ID', 'LOOM_WORKFLOW_PATH', 'LOOM_JOB_NAME', 'LOOM_JOB_ID', 'LOOM_JOB_STAGE',
+  'LOOM_JOB_TARGET', 'LOOM_JOB_IMAGE', 'LOOM_PROVIDER', 'LOOM_PROJECT_DIR', 'LOOM_COMMIT_SHA', 'LOOM_DEBUG_TRACE', 'LOOM_KEEPASS_',
 ]);
 
 // Read, but not configuration: process plumbing, and the variables Kubernetes sets in every pod

@@ -142,7 +142,10 @@ t.test('a weaver that writes past the disk cap is stopped with the reason', asyn
   const srv = await startServer({ env: { LOOM_SERVER_WEAVER_DISK_MAX: '8Mi', LOOM_SERVER_WEAVER_DISK_CHECK_SECS: '1' } });
   const tok = await srv.token('alice');
   t.teardown(() => cleanup(srv, [tok]));
-  const w = await running(srv, tok, { command: ['/bin/sh', '-c', 'dd if=/dev/zero of=/workspace/fill bs=1M count=32 && sync && sleep 600'] });
+  // It writes only when told to, so the test sees it running before the monitor can stop it.
+  const w = await running(srv, tok, { command: ['/bin/sh', '-c', 'while [ ! -e /tmp/go ]; do sleep 0.1; done; dd if=/dev/zero of=/workspace/fill bs=1M count=32 && sync && sleep 600'] });
+  const go = await srv.api<{ exit_code: number }>('POST', `/api/weaver/${w.id}/exec`, tok, { command: ['touch', '/tmp/go'] });
+  t.equal(go.body.exit_code, 0, 'told the weaver to write');
   const failed = await waitUntil(async () => {
     const g = await srv.api<Weaver>('GET', `/api/weaver/${w.id}`, tok);
     return g.body.status === 'failed' ? g.body : null;
