@@ -4,9 +4,11 @@
  * looked at from the host, the container's init and the files it writes belong to that range.
  */
 import t from 'tap';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, statSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { startServer } from '../support/server.js';
+import { startServer, tempDir } from '../support/server.js';
+import { buildOciSpec } from '../../src/provisioners/local/spec.js';
+import { hostId, shiftOwnership } from '../../src/provisioners/local/idmap.js';
 import { LoomClient } from '../../src/client/index.js';
 
 const BASE = 231072; // not the default, so the variable is seen to take effect
@@ -48,4 +50,42 @@ t.test('a weaver runs in a user namespace mapped to the configured host range', 
   t.same([onHost.uid, onHost.gid], [BASE + 1000, BASE + 1000], 'on the host the file belongs to base+1000');
   const shOnHost = statSync(`/proc/${pid}/root/bin/busybox`, { throwIfNoEntry: false }) ?? statSync(`/proc/${pid}/root/bin/sh`);
   t.equal(shOnHost.uid, BASE, "the image's files belong to the namespace's root (base) on the host, not to root");
+});
+
+t.test('the OCI spec, hostId and the ownership shift', async (t) => {
+  const input = { rootfs: '/r', args: ['sh'], env: {}, cwd: '/', uid: 1000, gid: 1000, terminal: false, hostname: 'h', cgroupsPath: '/loom/x' };
+  const plain = buildOciSpec(input);
+  t.notOk(plain.linux.namespaces.some((n) => n.type === 'user'), 'no base: no user namespace');
+  t.equal(plain.linux.uidMappings, undefined);
+  const mapped = buildOciSpec({ ...input, usernsBase: BASE });
+  t.ok(mapped.linux.namespaces.some((n) => n.type === 'user'), 'a base adds the user namespace');
+  t.same(mapped.linux.uidMappings, [{ containerID: 0, hostID: BASE, size: 65536 }]);
+  t.same(mapped.linux.gidMappings, [{ containerID: 0, hostID: BASE, size: 65536 }]);
+
+  t.equal(hostId({ base: BASE }, 1000), BASE + 1000);
+  t.equal(hostId({ base: 0 }, 1000), 1000, 'no namespace: ids are host ids');
+  t.throws(() => hostId({ base: BASE }, 65536), RangeError, 'an id outside the namespace is refused');
+  t.throws(() => hostId({ base: BASE }, -1), RangeError);
+
+  const dir = tempDir('loom-userns-shift-');
+  await fsp.mkdir(join(dir, 'bin'));
+  await fsp.writeFile(join(dir, 'bin', 'su'), 'x');
+  await fsp.chmod(join(dir, 'bin', 'su'), 0o4755);
+  await fsp.writeFile(join(dir, 'owned'), 'x');
+  await fsp.chown(join(dir, 'owned'), 1000, 50);
+  await fsp.writeFile(join(dir, 'huge-id'), 'x');
+  await fsp.chown(join(dir, 'huge-id'), 70000, 70000);
+  await fsp.symlink('/etc/shadow', join(dir, 'link'));
+  await shiftOwnership(dir, BASE);
+  const st = (p: string) => fsp.lstat(join(dir, p));
+  const su = await st('bin/su');
+  t.same([su.uid, su.gid, su.mode & 0o7777], [BASE, BASE, 0o4755], 'root-owned setuid file: shifted, setuid kept');
+  const owned = await st('owned');
+  t.same([owned.uid, owned.gid], [BASE + 1000, BASE + 50]);
+  const huge = await st('huge-id');
+  t.same([huge.uid, huge.gid], [BASE + 65534, BASE + 65534], 'an id outside the range becomes nobody inside');
+  const link = await st('link');
+  t.same([link.uid, link.isSymbolicLink()], [BASE, true], 'the link itself, never its target');
+  t.equal((await fsp.stat('/etc/shadow')).uid, 0, 'the target was not touched');
+  t.equal((await st('.')).uid, BASE);
 });
