@@ -4,12 +4,14 @@
  * looked at from the host, the container's init and the files it writes belong to that range.
  */
 import t from 'tap';
-import { readFileSync, statSync, promises as fsp } from 'node:fs';
+import { existsSync, readFileSync, statSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, tempDir } from '../support/server.js';
 import { buildOciSpec } from '../../src/provisioners/local/spec.js';
 import { hostId, shiftOwnership } from '../../src/provisioners/local/idmap.js';
 import { LoomClient } from '../../src/client/index.js';
+import { waitUntil } from '../support/attach.js';
+import { cleanupContainers, makeFixture, mutate, rootfsOf } from '../branching/helpers.js';
 
 const BASE = 231072; // not the default, so the variable is seen to take effect
 
@@ -88,4 +90,27 @@ t.test('the OCI spec, hostId and the ownership shift', async (t) => {
   t.same([link.uid, link.isSymbolicLink()], [BASE, true], 'the link itself, never its target');
   t.equal((await fsp.stat('/etc/shadow')).uid, 0, 'the target was not touched');
   t.equal((await st('.')).uid, BASE);
+});
+
+t.test('a branching container runs in the same user namespace: root inside is base on the host', async (t) => {
+  const fx = makeFixture();
+  t.teardown(() => fx.cleanup());
+  const srv = await startServer({ t, env: { LOOM_SERVER_WEAVER_ENABLED: 'false', LOOM_BRANCHING_IMPORT_ROOTS: fx.dir, LOOM_SERVER_WEAVER_USERNS_BASE: String(BASE) } });
+  const token = await srv.token('alice', true);
+  t.teardown(() => cleanupContainers(srv, [token]));
+  const op = await mutate(srv, token, 'POST', '/api/containers', {
+    name: 'userns', rootfs_path: fx.rootfs, start_immediately: true,
+    command: ['/bin/sh', '-c', 'cat /proc/self/uid_map > /map.tmp && mv /map.tmp /map; sleep 60'],
+  });
+  t.equal(op.status, 'succeeded', JSON.stringify(op));
+  const id = op.container_id!;
+  const rootfs = rootfsOf(srv.dataDir, id);
+  const map = await waitUntil(async () => (existsSync(join(rootfs, 'map')) ? readFileSync(join(rootfs, 'map'), 'utf8') : null), 'the container wrote /map', 60_000);
+  t.same(map.trim().split(/\s+/).map(Number), [0, BASE, 65536], 'uid 0..65535 inside → base.. on the host');
+  const made = statSync(join(rootfs, 'map'));
+  t.same([made.uid, made.gid], [BASE, BASE], 'a file root wrote inside is owned by base on the host');
+  t.equal(statSync(join(rootfs, 'hello.txt')).uid, BASE, 'the registered tree was shifted into the range');
+  const state = JSON.parse(readFileSync(join(srv.dataDir, 'branching', 'runc', id, 'state.json'), 'utf8')) as { init_process_pid: number };
+  const uids = /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(readFileSync(`/proc/${state.init_process_pid}/status`, 'utf8'))!.slice(1).map(Number);
+  t.same(uids, [BASE, BASE, BASE, BASE], "the container's init (root inside) is host uid base, not 0");
 });

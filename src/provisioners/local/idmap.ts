@@ -40,3 +40,16 @@ export async function shiftOwnership(dir: string, base: number): Promise<void> {
   };
   await one(dir);
 }
+
+/**
+ * Lets group gid search (not list) dir: chgrp to gid and g+x, keeping the other bits (group
+ * read/write are dropped: the group is the namespace's root, not a set of host users). runc's
+ * init runs as the namespace's root when it enters the rootfs and needs this on every directory
+ * above it. A directory already searchable by others is left alone.
+ */
+export async function grantSearch(dir: string, gid: number): Promise<void> {
+  const st = await fsp.stat(dir);
+  if (st.mode & 0o001) return;
+  if (st.gid !== gid) await fsp.chown(dir, st.uid, gid);
+  await fsp.chmod(dir, (st.mode & 0o7707) | 0o010);
+}

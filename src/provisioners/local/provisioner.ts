@@ -29,7 +29,7 @@ import { startSlirp, stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './ne
 import { OverlayMaterializer, unmountAll, type Materializer } from './rootfs.js';
 import { ContainerRuntime, bundleFiles, detectRuntime, type RuntimeState } from './runtime.js';
 import { buildOciSpec } from './spec.js';
-import { hostId, type IdMap } from './idmap.js';
+import { grantSearch, hostId, type IdMap } from './idmap.js';
 import { RuntimeHooks, type HookContext } from './hooks.js';
 import { exists, readJson, run, sleep, writeJsonAtomic } from './util.js';
 import { OverlaySnapshotter } from './snapshotter/overlay.js';
@@ -816,14 +816,6 @@ async function resolveUser(cfg: ImageRunConfig, rootfs: string): Promise<{ uid: 
     if (g !== undefined && /^\d+$/.test(g)) gid = Number(g);
   }
   return { uid, gid, name: byUid(uid)?.name ?? 'loom' };
-}
-
-/** Lets group gid search (not list) dir: chgrp to gid and add g+x, keeping the other bits; a dir already searchable by others is left alone. */
-async function grantSearch(dir: string, gid: number): Promise<void> {
-  const st = await fsp.stat(dir);
-  if (st.mode & 0o001) return;
-  if (st.gid !== gid) await fsp.chown(dir, st.uid, gid);
-  await fsp.chmod(dir, (st.mode & 0o7707) | 0o010);
 }
 
 /** Per-weaver files in the (copy-on-write) root: /etc/hostname, /etc/hosts, a passwd entry, /workspace. */
