@@ -1,6 +1,6 @@
 /**
  * OCI runtime config.json generation for weavers and for plain (branching) containers.
- * Own pid, mount, ipc, uts, network and cgroup namespaces; a non-root user by default;
+ * Own pid, mount, ipc, uts, network and cgroup namespaces (and a user namespace when given a base); a non-root user by default;
  * cgroup cpu/memory/pids limits; masked and read-only /proc paths; no new privileges;
  * a small capability set; rlimits.
  */
