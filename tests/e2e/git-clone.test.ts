@@ -82,9 +82,9 @@ t.test('with the allow-list: clones; the server HOME credential helper never run
   await t.test('an allowed internal host clones (through the pinned name)', async (t) => {
     const w = await settle(srv, tok, { repo: `https://localhost:${git.port}/small.git` });
     t.equal(w.status, 'running', w.reason ?? '');
-    const file = join(srv.dataDir, 'local', 'weavers', w.id, 'workspace', 'small', 'README.md');
+    const file = join(srv.dataDir, 'local', 'weavers', w.id, 'rootfs', 'workspace', 'small', 'README.md');
     t.equal(readFileSync(file, 'utf8'), 'cloned through the allow-list\n');
-    t.not(statSync(file).uid, 0, 'the clone is owned by the weaver user, not root');
+    t.equal(statSync(file).uid, 100000 + 1000, 'the clone is owned by the weaver user (uid 1000 in the default user namespace, host 101000), not root');
   });
 
   await t.test('a repository that asks for credentials: the helper is never run and nothing is sent', async (t) => {
@@ -100,7 +100,7 @@ t.test('with the allow-list: clones; the server HOME credential helper never run
     const w = await settle(srv, tok, { repo: `https://127.0.0.1:${git.port}/big.git` });
     t.equal(w.status, 'failed');
     t.match(w.reason, /the repository is larger than the limit of 1Mi \(LOOM_SERVER_WEAVER_GIT_MAX_BYTES\)/);
-    t.notOk(existsSync(join(srv.dataDir, 'local', 'weavers', w.id, 'workspace', 'big', 'blob.bin')), 'nothing of it left in the workspace');
+    t.notOk(existsSync(join(srv.dataDir, 'local', 'weavers', w.id, 'rootfs', 'workspace', 'big', 'blob.bin')), 'nothing of it left in the workspace');
   });
 });
 
