@@ -26,7 +26,7 @@ export async function branchingComponent(config: Config, log: Logger): Promise<S
     migrations: branchingMigrations,
     async start(ctx) {
       const store = new BranchingStore(ctx.db);
-      const host = new ContainerHost(config.dataDir, blog, config.weaver.runtime, { cpu: config.weaver.defaultCpu, memory: config.weaver.defaultMemory, pidsLimit: config.weaver.pidsLimit });
+      const host = new ContainerHost(config.dataDir, blog, config.weaver.runtime, { cpu: config.weaver.defaultCpu, memory: config.weaver.defaultMemory, pidsLimit: config.weaver.pidsLimit }, config.weaver.usernsBase);
       const ask = ctx.quotas.resources(undefined);
       ctx.quotas.addSource({
         name: 'branching',

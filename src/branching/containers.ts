@@ -20,6 +20,7 @@ import { LoomError, errorMessage } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { ContainerRuntime, bundleFiles, detectRuntime, readPid, type RuntimeInfo } from '../provisioners/local/runtime.js';
 import { buildOciSpec } from '../provisioners/local/spec.js';
+import { grantSearch, shiftOwnership } from '../provisioners/local/idmap.js';
 import { copyTree, createSubvolume, fsType, removeTree, type CopyProgress, type CopyResult } from './copy.js';
 import type { ContainerRow } from './store.js';
 
@@ -68,12 +69,15 @@ export class ContainerHost {
     private readonly runtimePref: 'auto' | 'runc' | 'crun',
     /** cgroup limits of every branching container (the weaver defaults). */
     private readonly limits: ContainerLimits = { cpu: '1', memory: '1Gi', pidsLimit: 1024 },
+    /** Host id that id 0 of every container maps to (the weavers' range); 0: no user namespace. */
+    readonly usernsBase = 0,
   ) {
     this.layout = layoutOf(dataDir);
   }
 
   async start(): Promise<void> {
     for (const d of [this.layout.root, this.layout.containers, this.layout.snapshots, this.layout.runc, this.layout.exits, this.layout.tmp]) await fsp.mkdir(d, { recursive: true });
+    if (this.usernsBase > 0) for (const d of [this.dataDir, this.layout.root, this.layout.containers]) await grantSearch(d, this.usernsBase);
     try {
       this.btrfs = fsType(this.layout.root) === 'btrfs';
     } catch (e) {
@@ -125,6 +129,12 @@ export class ContainerHost {
   async prepareVolume(id: string): Promise<void> {
     await fsp.mkdir(this.bundle(id), { recursive: true });
     await this.makeVolume(this.vol(id));
+    await this.grantPath(id);
+  }
+
+  /** The namespace's root must be able to search the bundle and volume on the way to the rootfs. */
+  private async grantPath(id: string): Promise<void> {
+    if (this.usernsBase > 0) for (const d of [this.bundle(id), this.vol(id)]) await grantSearch(d, this.usernsBase);
   }
 
   /** Registration: a new volume with a copy of a checked directory (import root or image) as rootfs. */
@@ -134,14 +144,18 @@ export class ContainerHost {
   }
 
   /** After a rootfs is written from outside (path, image, archive): make it fit to run. */
-  async finishRootfs(_id: string): Promise<void> {
-    /* ownership is shifted here when containers run in a user namespace */
+  async finishRootfs(id: string): Promise<void> {
+    // A new rootfs (a copy of a path or image, an unpacked archive) is owned by host ids: shift it
+    // into the namespace's range. Clones copy snapshots of containers, already shifted.
+    await shiftOwnership(this.rootfs(id), this.usernsBase);
   }
 
   /** Clone: the container's volume becomes a copy of the snapshot's tree. */
   async materializeFromSnapshot(id: string, snapshotId: string, signal: AbortSignal, onProgress?: (p: CopyProgress) => void): Promise<CopyResult> {
     await fsp.mkdir(this.bundle(id), { recursive: true });
-    return copyTree(this.snapshotDir(snapshotId), this.vol(id), { signal, ...(onProgress ? { onProgress } : {}) });
+    const r = await copyTree(this.snapshotDir(snapshotId), this.vol(id), { signal, ...(onProgress ? { onProgress } : {}) });
+    await this.grantPath(id);
+    return r;
   }
 
   /** Removes the container's bundle and volume (the runtime container must be gone). */
@@ -171,6 +185,7 @@ export class ContainerHost {
       cpu: this.limits.cpu,
       memory: this.limits.memory,
       pidsLimit: this.limits.pidsLimit,
+      usernsBase: this.usernsBase,
     });
     await fsp.writeFile(bundleFiles(bundle).config, JSON.stringify(spec, null, 2));
     try {

@@ -84,7 +84,7 @@ t.test('with the allow-list: clones; the server HOME credential helper never run
     t.equal(w.status, 'running', w.reason ?? '');
     const file = join(srv.dataDir, 'local', 'weavers', w.id, 'rootfs', 'workspace', 'small', 'README.md');
     t.equal(readFileSync(file, 'utf8'), 'cloned through the allow-list\n');
-    t.not(statSync(file).uid, 0, 'the clone is owned by the weaver user, not root');
+    t.equal(statSync(file).uid, 100000 + 1000, 'the clone is owned by the weaver user (uid 1000 in the default user namespace, host 101000), not root');
   });
 
   await t.test('a repository that asks for credentials: the helper is never run and nothing is sent', async (t) => {

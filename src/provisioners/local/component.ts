@@ -24,6 +24,7 @@ export function localBackend(config: Config, log: Logger): BackendHandle {
     defaultCpu: config.weaver.defaultCpu,
     defaultMemory: config.weaver.defaultMemory,
     pidsLimit: config.weaver.pidsLimit,
+    usernsBase: config.weaver.usernsBase,
     git: config.weaver.git,
     testDelayMs: config.branching.testDelayMs,
   });

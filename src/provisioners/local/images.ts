@@ -8,6 +8,7 @@
  * Imports go through skopeo (oci layout dir, oci-archive tar, docker-archive tar); registry pulls
  * through `skopeo copy docker://…` with a short timeout.
  */
+import { shiftOwnership } from './idmap.js';
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { join, basename, resolve as resolvePath } from 'node:path';
@@ -228,10 +229,14 @@ export class ImageStore {
     return { entrypoint: c.Entrypoint ?? [], cmd: c.Cmd ?? [], env: c.Env ?? [], workingDir: c.WorkingDir ?? '', user: c.User ?? '' };
   }
 
-  /** Unpacks an image once per digest; returns the rootfs path. */
-  async unpack(img: LocalImage): Promise<string> {
+  /**
+   * Unpacks an image once per digest (and per user-namespace base: with usernsBase > 0 every
+   * entry's owner is shifted into the weavers' host id range, done once and recorded by
+   * .complete); returns the rootfs path.
+   */
+  async unpack(img: LocalImage, usernsBase = 0): Promise<string> {
     const hex = img.digest.split(':')[1]!;
-    const dir = join(this.root, 'rootfs', hex);
+    const dir = join(this.root, 'rootfs', usernsBase > 0 ? `${hex}-u${usernsBase}` : hex);
     const rootfs = join(dir, 'rootfs');
     if (await exists(join(dir, '.complete'))) return rootfs;
     return this.mutex.run(`unpack:${hex}`, async () => {
@@ -244,13 +249,14 @@ export class ImageStore {
         await fsp.rm(dir, { recursive: true, force: true });
         throw new LoomError(500, 'image_unpack', `unpacking ${img.name} failed: ${r.stderr.trim()}`);
       }
+      if (usernsBase > 0) await shiftOwnership(rootfs, usernsBase);
       await fsp.writeFile(join(dir, '.complete'), img.digest);
       return rootfs;
     });
   }
 
   /** The image for a reference, pulled if missing, unpacked, with its run config. */
-  async resolve(ref: string): Promise<ResolvedImage> {
+  async resolve(ref: string, usernsBase = 0): Promise<ResolvedImage> {
     let img = await this.get(ref);
     if (!img) {
       try {
@@ -259,7 +265,7 @@ export class ImageStore {
         throw new LoomError(400, 'bad_image', `image ${JSON.stringify(ref)} is not in the local store and could not be pulled: ${errorMessage(e)}`);
       }
     }
-    const [rootfs, config] = await Promise.all([this.unpack(img), this.runConfig(img)]);
+    const [rootfs, config] = await Promise.all([this.unpack(img, usernsBase), this.runConfig(img)]);
     return { image: img, rootfs, config };
   }
 

@@ -29,6 +29,7 @@ import { startSlirp, stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './ne
 import { OverlayMaterializer, unmountAll, type Materializer } from './rootfs.js';
 import { ContainerRuntime, bundleFiles, detectRuntime, type RuntimeState } from './runtime.js';
 import { buildOciSpec } from './spec.js';
+import { grantSearch, hostId, type IdMap } from './idmap.js';
 import { RuntimeHooks, type HookContext } from './hooks.js';
 import { exists, readJson, run, sleep, writeJsonAtomic } from './util.js';
 import { OverlaySnapshotter } from './snapshotter/overlay.js';
@@ -46,6 +47,8 @@ export interface LocalProvisionerOptions {
   defaultMemory?: string;
   /** cgroup pids limit of every weaver (default 1024). */
   pidsLimit?: number;
+  /** Host id that id 0 of every weaver maps to (a user namespace of 65536 ids); 0 or absent: none. */
+  usernsBase?: number;
   /** Repository clones: allowed private networks, size and time caps, extra CA bundle. */
   git?: GitOptions;
   materializer?: Materializer;
@@ -106,6 +109,8 @@ export class LocalProvisioner implements Provisioner {
   gitToken: ((w: { id: string; orgId: string; repo: string; secretName?: string }) => Promise<string | null>) | null = null;
   private readonly log: Logger;
   private readonly opts: LocalProvisionerOptions;
+  /** The weavers' user namespace: container ids become host ids only through hostId(this.ids, …). */
+  readonly ids: IdMap;
   private readonly materializer: Materializer;
   private runtime: ContainerRuntime | null = null;
   private layerStore: OverlaySnapshotter | null = null;
@@ -124,6 +129,7 @@ export class LocalProvisioner implements Provisioner {
 
   constructor(opts: LocalProvisionerOptions) {
     this.opts = opts;
+    this.ids = { base: opts.usernsBase ?? 0 };
     this.log = opts.log.child({ component: 'local-provisioner' });
     this.base = join(opts.dataDir, 'local');
     this.weaversDir = join(this.base, 'weavers');
@@ -154,6 +160,13 @@ export class LocalProvisioner implements Provisioner {
 
   private async doStart(): Promise<void> {
     for (const d of [this.base, this.weaversDir, this.exitDir, join(this.base, 'runc'), join(this.base, 'tmp')]) await fsp.mkdir(d, { recursive: true });
+    if (this.ids.base > 0) {
+      // runc's init runs as the namespace's root (host uid/gid base) when it pivots into
+      // weavers/<id>/rootfs: it needs search permission on every directory on that path.
+      // Granted to that one group (search only, no listing), not to every host user.
+      await grantSearch(this.opts.dataDir, hostId(this.ids, 0));
+      for (const d of [this.base, this.weaversDir]) await grantSearch(d, hostId(this.ids, 0));
+    }
     const info = await detectRuntime(this.opts.runtime ?? 'auto', join(this.base, 'tmp'));
     this.runtime = new ContainerRuntime(info, join(this.base, 'runc'));
     const opened = await OverlaySnapshotter.open(join(this.base, 'layers'));
@@ -283,6 +296,7 @@ export class LocalProvisioner implements Provisioner {
       const dir = this.dir(spec.id);
       if (await exists(dir)) throw new LoomError(409, 'conflict', `weaver ${spec.id} already exists`);
       await fsp.mkdir(dir, { recursive: true });
+      if (this.ids.base > 0) await grantSearch(dir, hostId(this.ids, 0));
       const meta: WeaverMeta = { id: spec.id, image: spec.image, createdAt: new Date().toISOString(), phase: 'creating', hostname: hostnameFor(spec.id) };
       await writeJsonAtomic(join(dir, 'meta.json'), meta);
       return meta;
@@ -325,7 +339,7 @@ export class LocalProvisioner implements Provisioner {
       if (spec.image === DEFAULT_LOCAL_IMAGE && !(await this.images.get(DEFAULT_LOCAL_IMAGE))) await this.ensureDefault();
       let resolved;
       try {
-        resolved = await this.images.resolve(spec.image);
+        resolved = await this.images.resolve(spec.image, this.ids.base);
       } catch (e) {
         return await fail(errorMessage(e), `loom: ${errorMessage(e)}`);
       }
@@ -342,7 +356,7 @@ export class LocalProvisioner implements Provisioner {
         parent = snapshotLayer(spec.fromSnapshot);
         if (!this.layers.stat(parent)) return await fail(`snapshot ${spec.fromSnapshot} has no layer on this machine`);
       } else {
-        parent = `image/${resolved.image.digest}`;
+        parent = this.ids.base > 0 ? `image/${resolved.image.digest}@u${this.ids.base}` : `image/${resolved.image.digest}`;
         await this.layers.importRef(parent, lower, { image: resolved.image.name });
       }
       meta.layout = 'layers';
@@ -352,12 +366,12 @@ export class LocalProvisioner implements Provisioner {
       await this.layers.mount(weaverLayer(id), rootfs);
       const materializeMs = Date.now() - tm;
       if (signal.aborted) return;
-      const home = await prepareRootfs(rootfs, meta.hostname, user, this.opts.network === 'slirp4netns');
+      const home = await prepareRootfs(rootfs, meta.hostname, user, this.opts.network === 'slirp4netns', this.ids);
       // 4. workspace (+ clone), inside the layer; a fork keeps the one it inherited
       const workspace = join(rootfs, 'workspace');
       const wsStat = await fsp.lstat(workspace);
       if (!wsStat.isDirectory()) return await fail('the image\'s /workspace is not a directory');
-      if (!spec.fromSnapshot) await fsp.chown(workspace, user.uid, user.gid);
+      if (!spec.fromSnapshot) await fsp.chown(workspace, hostId(this.ids, user.uid), hostId(this.ids, user.gid));
       let cwd = resolved.config.workingDir || '/workspace';
       if (spec.repo && !spec.fromSnapshot) {
         const source = this.gitToken;
@@ -365,7 +379,7 @@ export class LocalProvisioner implements Provisioner {
         const tokenSource = source ? () => source({ id, orgId: spec.orgId, repo, ...(spec.gitSecret ? { secretName: spec.gitSecret } : {}) }) : undefined;
         let r;
         try {
-          r = await cloneRepo(repo, spec.branch, workspace, user.uid, user.gid, this.opts.git, tokenSource);
+          r = await cloneRepo(repo, spec.branch, workspace, hostId(this.ids, user.uid), hostId(this.ids, user.gid), this.opts.git, tokenSource);
         } catch (e) {
           return await fail(`git clone failed: ${errorMessage(e)}`, `loom: git clone failed: ${errorMessage(e)}`);
         }
@@ -399,6 +413,7 @@ export class LocalProvisioner implements Provisioner {
         memory: spec.resources.memory || this.opts.defaultMemory || undefined,
         pidsLimit: this.opts.pidsLimit ?? 1024,
         consoleSize: { cols: 80, rows: 24 },
+        usernsBase: this.ids.base,
       });
       const hookCtx = this.hookContext(spec.id, spec);
       await this.hooks.spec(hookCtx, oci, (h) => join(dir, 'hooks', h));
@@ -814,7 +829,17 @@ async function resolveUser(cfg: ImageRunConfig, rootfs: string): Promise<{ uid: 
 }
 
 /** Per-weaver files in the (copy-on-write) root: /etc/hostname, /etc/hosts, a passwd entry, /workspace. */
-async function prepareRootfs(rootfs: string, hostname: string, user: { uid: number; gid: number; name: string }, slirp: boolean): Promise<string> {
+async function prepareRootfs(rootfs: string, hostname: string, user: { uid: number; gid: number; name: string }, slirp: boolean, ids: IdMap): Promise<string> {
+  const home = await writeRootfsFiles(rootfs, hostname, user, slirp);
+  // What was written here is owned by the namespace's root, not the host's.
+  const root = hostId(ids, 0);
+  for (const f of ['.', 'etc', 'etc/hostname', 'etc/hosts', 'etc/passwd', 'workspace', ...(slirp ? ['etc/resolv.conf'] : [])]) {
+    await fsp.lchown(join(rootfs, f), root, root).catch(() => undefined);
+  }
+  return home;
+}
+
+async function writeRootfsFiles(rootfs: string, hostname: string, user: { uid: number; gid: number; name: string }, slirp: boolean): Promise<string> {
   const etc = join(rootfs, 'etc');
   // An image is untrusted: never write through a symlink that could point out of the rootfs.
   const etcStat = await fsp.lstat(etc).catch(() => null);

@@ -1,11 +1,12 @@
 /**
  * OCI runtime config.json generation for weavers and for plain (branching) containers.
- * Own pid, mount, ipc, uts, network and cgroup namespaces; a non-root user by default;
+ * Own pid, mount, ipc, uts, network and cgroup namespaces (and a user namespace when given a base); a non-root user by default;
  * cgroup cpu/memory/pids limits; masked and read-only /proc paths; no new privileges;
  * a small capability set; rlimits.
  */
 import { readFileSync } from 'node:fs';
 import { LoomError } from '../../common/errors.js';
+import { USERNS_SIZE } from './idmap.js';
 
 export interface OciMount {
   destination: string;
@@ -32,6 +33,8 @@ export interface OciSpec {
   mounts: OciMount[];
   linux: {
     namespaces: { type: string; path?: string }[];
+    uidMappings?: { containerID: number; hostID: number; size: number }[];
+    gidMappings?: { containerID: number; hostID: number; size: number }[];
     cgroupsPath: string;
     resources: {
       devices: { allow: boolean; access: string; type?: string; major?: number; minor?: number }[];
@@ -106,6 +109,8 @@ export interface ContainerSpecInput {
   /** Give the container a private network namespace (default true). */
   privateNetwork?: boolean;
   consoleSize?: { cols: number; rows: number };
+  /** Run in a user namespace mapping ids 0..65535 inside to usernsBase.. on the host (0/absent: none). */
+  usernsBase?: number;
 }
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -117,6 +122,8 @@ export function buildOciSpec(i: ContainerSpecInput): OciSpec {
   const env: Record<string, string> = { PATH: DEFAULT_PATH, HOSTNAME: i.hostname, ...(i.terminal ? { TERM: 'xterm-256color' } : {}), ...i.env };
   const namespaces = [{ type: 'pid' }, { type: 'mount' }, { type: 'ipc' }, { type: 'uts' }, { type: 'cgroup' }];
   if (i.privateNetwork !== false) namespaces.push({ type: 'network' });
+  const userns = (i.usernsBase ?? 0) > 0;
+  if (userns) namespaces.push({ type: 'user' });
   const resources: OciSpec['linux']['resources'] = {
     devices: [{ allow: false, access: 'rwm' }],
     pids: { limit: i.pidsLimit ?? 1024 },
@@ -175,6 +182,11 @@ export function buildOciSpec(i: ContainerSpecInput): OciSpec {
       readonlyPaths: ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
     },
   };
+  if (userns) {
+    const map = [{ containerID: 0, hostID: i.usernsBase!, size: USERNS_SIZE }];
+    spec.linux.uidMappings = map;
+    spec.linux.gidMappings = map.map((m) => ({ ...m }));
+  }
   if (i.terminal && i.consoleSize) spec.process.consoleSize = { height: i.consoleSize.rows, width: i.consoleSize.cols };
   return spec;
 }

@@ -48,6 +48,8 @@ export interface WeaverConfig {
   maxCpu: string;
   maxMemory: string;
   pidsLimit: number;
+  /** Host id that id 0 in a weaver's user namespace maps to; 0 = no user namespace. */
+  usernsBase: number;
   diskMaxBytes: number;
   diskCheckSecs: number;
   git: { allowedNetworks: string[]; maxBytes: number; timeoutSecs: number; caFile: string };
@@ -219,6 +221,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       maxCpu: get<string>('LOOM_SERVER_WEAVER_MAX_CPU'),
       maxMemory: get<string>('LOOM_SERVER_WEAVER_MAX_MEMORY'),
       pidsLimit: get<number>('LOOM_SERVER_WEAVER_PIDS_LIMIT'),
+      usernsBase: get<number>('LOOM_SERVER_WEAVER_USERNS_BASE'),
       diskMaxBytes: memoryBytes(get<string>('LOOM_SERVER_WEAVER_DISK_MAX'))!,
       diskCheckSecs: get<number>('LOOM_SERVER_WEAVER_DISK_CHECK_SECS'),
       git: {
