@@ -7,7 +7,7 @@ import { Command, Option } from 'commander';
 import { createReadStream, statSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { CliError, type ApiClient } from './client.js';
-import type { CreateContainerRequest, ForkRequest, Operation } from '../client/index.js';
+import type { CreateContainerRequest, ForkRequest, Operation, Snapshot } from '../client/index.js';
 import { client, globals } from './context.js';
 import { Progress, interactive, printJson, printTable, progressBar } from './output.js';
 
@@ -25,21 +25,7 @@ interface ContainerView {
   created_at: string;
 }
 
-interface SnapshotView {
-  snapshot_id: string;
-  container_id: string;
-  source_kind: string;
-  parent_snapshot_id: string | null;
-  status: string;
-  consistency_mode: string;
-  labels: Record<string, string>;
-  pinned: boolean;
-  expires_at: string | null;
-  frozen_ms?: number;
-  strategy?: string;
-  bytes?: number;
-  created_at: string;
-}
+type SnapshotView = Snapshot;
 
 interface LineageView {
   snapshot_id: string;

@@ -6,23 +6,10 @@ import { resolveOrg } from './org.js';
 import { attachTerminal, DETACH_KEYS } from './attach.js';
 import { reportOperation, type OperationView } from './branching.js';
 import { registerAuditCommand } from './audit.js';
+import type { Weaver } from '../client/index.js';
 
-export interface WeaverView {
-  id: string;
-  org_id: string;
-  image: string;
-  status: string;
-  reason?: string;
-  exit_code?: number;
-  repo?: string;
-  branch?: string;
-  created_at: string;
-  expires_at: string;
-  lifetime_hours: number;
-  tags: Record<string, string>;
-  parent_weaver_id?: string;
-  snapshot_id?: string;
-}
+/** A weaver as the API returns it: the client library's type. */
+export type WeaverView = Weaver;
 
 const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const ENDED = new Set(['succeeded', 'failed', 'terminating']);

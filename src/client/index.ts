@@ -79,6 +79,9 @@ export interface Weaver {
   expires_at: string;
   lifetime_hours: number;
   tags: Record<string, string>;
+  /** Set on a weaver made from a snapshot (a fork). */
+  parent_weaver_id?: string;
+  snapshot_id?: string;
 }
 
 export interface CreateWeaverRequest {
