@@ -82,7 +82,8 @@ else
     t.equal(root.details.filename, '/bin/audit-workload', 'exec filename from the bprm');
     t.same(root.details.argv, ['/bin/audit-workload', 'run', String(N), String(M), String(K), '/tmp'], 'argv');
     t.equal(root.details.cwd, '/tmp', 'cwd (the image working dir)');
-    t.equal(root.uid, 1000, 'the image user');
+    // Like pids, uids are the kernel's (host) ids: the image user 1000 under the default user-namespace base.
+    t.equal(root.uid, 100000 + 1000, 'the image user, as the host sees it');
     t.equal(root.ret, 0);
 
     const markers = of('process_exec', (e) => (e.details.argv as string[])?.[1] === 'marker');
