@@ -7,23 +7,14 @@ import { Command, Option } from 'commander';
 import { createReadStream, statSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { CliError, type ApiClient } from './client.js';
-import type { CreateContainerRequest, ForkRequest, Operation, Snapshot } from '../client/index.js';
+import type { Container, CreateContainerRequest, ForkRequest, Operation, Snapshot } from '../client/index.js';
 import { client, globals } from './context.js';
 import { Progress, interactive, printJson, printTable, progressBar } from './output.js';
 
 /** The operation object of the API (src/branching/store.ts) with its status URL. */
 export type OperationView = Operation & { status_url?: string };
 
-interface ContainerView {
-  id: string;
-  name: string;
-  status: string;
-  command: string[];
-  source_path?: string;
-  source_snapshot_id?: string;
-  exit_code?: number;
-  created_at: string;
-}
+type ContainerView = Container;
 
 type SnapshotView = Snapshot;
 
