@@ -15,8 +15,8 @@
       "actions": [
         {
           "action_name": "ebpf_skeletons",
-          "inputs": ["../ebpf/audit.bpf.c", "../ebpf/audit.h", "../ebpf/probe.bpf.c", "../ebpf/Makefile"],
-          "outputs": ["<(SHARED_INTERMEDIATE_DIR)/ebpf/audit.skel.h", "<(SHARED_INTERMEDIATE_DIR)/ebpf/probe.skel.h"],
+          "inputs": ["../ebpf/audit.bpf.c", "../ebpf/audit_fentry.bpf.c", "../ebpf/audit_common.bpf.h", "../ebpf/audit.h", "../ebpf/probe.bpf.c", "../ebpf/Makefile"],
+          "outputs": ["<(SHARED_INTERMEDIATE_DIR)/ebpf/audit.skel.h", "<(SHARED_INTERMEDIATE_DIR)/ebpf/audit_fentry.skel.h", "<(SHARED_INTERMEDIATE_DIR)/ebpf/probe.skel.h"],
           "action": ["make", "-s", "-C", "../ebpf", "OUT=<(SHARED_INTERMEDIATE_DIR)/ebpf"]
         }
       ]
