@@ -33,6 +33,12 @@
       "cflags_cc!": ["-fno-exceptions"]
     },
     {
+      "target_name": "loom_wg",
+      "sources": ["src/wg/crypto.c", "src/wg/addon.c"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra"]
+    },
+    {
       "target_name": "loom-attach-relay",
       "type": "executable",
       "sources": ["src/attach-relay.c"],
