@@ -34,7 +34,7 @@
     },
     {
       "target_name": "loom_wg",
-      "sources": ["src/wg/crypto.c", "src/wg/addon.c"],
+      "sources": ["src/wg/crypto.c", "src/wg/tun.c", "src/wg/addon.c"],
       "defines": ["NAPI_VERSION=8"],
       "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra"]
     },

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "crypto.h"
+#include "tun.h"
 
 #define MAX_ARGS 8
 #define CALL(env, x) do { if ((x) != napi_ok) return throw_msg(env, "napi call failed"); } while (0)
@@ -241,6 +242,24 @@ static napi_value kdf(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+/* tunOpen(name) → file descriptor of a TUN interface (IFF_NO_PI); throws with the errno name. */
+static napi_value tun_open(napi_env env, napi_callback_info info) {
+  napi_value a[MAX_ARGS], r; char name[32]; size_t len = 0;
+  args(env, info, a);
+  if (napi_get_value_string_utf8(env, a[0], name, sizeof name, &len) != napi_ok || len == 0 || len >= 16) {
+    napi_throw_type_error(env, "ERR_WG_ARG", "interface name must be 1..15 characters");
+    return NULL;
+  }
+  int fd = wg_tun_open(name);
+  if (fd < 0) {
+    char msg[80];
+    snprintf(msg, sizeof msg, "cannot open TUN %s: %s", name, strerror(-fd));
+    return throw_msg(env, msg);
+  }
+  CALL(env, napi_create_int32(env, fd, &r));
+  return r;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor p[] = {
 #define FN(name, f) {name, NULL, f, NULL, NULL, NULL, napi_enumerable, NULL}
@@ -248,7 +267,7 @@ static napi_value init(napi_env env, napi_value exports) {
     FN("aeadSeal", aead_seal), FN("aeadOpen", aead_open),
     FN("aeadSealNonce", aead_seal_nonce), FN("aeadOpenNonce", aead_open_nonce),
     FN("hchacha20", hchacha20), FN("xaeadSeal", xaead_seal), FN("xaeadOpen", xaead_open),
-    FN("hash", hash), FN("hmac", hmac), FN("mac", mac), FN("kdf", kdf),
+    FN("tunOpen", tun_open), FN("hash", hash), FN("hmac", hmac), FN("mac", mac), FN("kdf", kdf),
 #undef FN
   };
   if (napi_define_properties(env, exports, sizeof p / sizeof p[0], p) != napi_ok) return NULL;

@@ -14,3 +14,4 @@ export function publicKeyOf(privateKey: Buffer): Buffer {
   if (!Buffer.isBuffer(privateKey) || privateKey.length !== 32) throw new TypeError('privateKey must be a 32-byte Buffer');
   return wgCrypto().publicKey(privateKey);
 }
+export { bridgeTun, type TunBridge } from './tun.js';

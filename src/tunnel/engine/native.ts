@@ -19,6 +19,8 @@ export interface WgCrypto {
   hchacha20(key: Buffer, nonce: Buffer): Buffer;
   xaeadSeal(key: Buffer, nonce: Buffer, plaintext: Uint8Array, aad?: Uint8Array | null): Buffer;
   xaeadOpen(key: Buffer, nonce: Buffer, ciphertext: Uint8Array, aad?: Uint8Array | null): Buffer | null;
+  /** Opens (creating) a TUN interface in this process's network namespace; returns its fd. */
+  tunOpen(name: string): number;
   hash(...parts: Uint8Array[]): Buffer;
   hmac(key: Uint8Array, ...parts: Uint8Array[]): Buffer;
   mac(key: Uint8Array, data: Uint8Array, outLen: number): Buffer;
