@@ -36,7 +36,8 @@
       "target_name": "loom_wg",
       "sources": ["src/wg/crypto.c", "src/wg/tun.c", "src/wg/addon.c"],
       "defines": ["NAPI_VERSION=8"],
-      "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra"]
+      "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra", "-pthread"],
+      "ldflags": ["-pthread"]
     },
     {
       "target_name": "loom-attach-relay",

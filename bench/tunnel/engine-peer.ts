@@ -14,6 +14,9 @@ const keys = generateKeyPair();
 const sock = createSocket('udp4');
 sock.bind(0, bindAddr);
 await once(sock, 'listening');
+// Room for bursts while the event loop is busy sealing (as wireguard-go sizes its sockets).
+sock.setRecvBufferSize(4 << 20);
+sock.setSendBufferSize(4 << 20);
 const peer = new WgPeer({
   privateKey: keys.privateKey,
   peerPublicKey: Buffer.from(peerKey!, 'base64'),

@@ -260,6 +260,85 @@ static napi_value tun_open(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/* tunRead(fd, onPackets) → a stop function. onPackets(Buffer[]) runs on the JS thread with every
+ * batch the reader thread collected. */
+typedef struct {
+  napi_threadsafe_function tsfn;
+  struct wg_tun_reader *reader;
+  int stopped;
+  int refs; /* the thread-safe function and the stop function each hold one */
+} tun_read_state;
+
+static void tun_unref(tun_read_state *st) {
+  if (--st->refs == 0) free(st);
+}
+
+static void tun_deliver(void *ctx, struct wg_tun_batch *b) {
+  tun_read_state *st = ctx;
+  if (napi_call_threadsafe_function(st->tsfn, b, napi_tsfn_nonblocking) != napi_ok) wg_tun_batch_free(b);
+}
+
+static void tun_call_js(napi_env env, napi_value cb, void *ctx, void *data) {
+  struct wg_tun_batch *b = data;
+  tun_read_state *st = ctx;
+  if (env && cb && !st->stopped) {
+    napi_value arr, undef, buf;
+    if (napi_create_array_with_length(env, b->count, &arr) == napi_ok) {
+      for (size_t i = 0; i < b->count; i++) {
+        if (napi_create_buffer_copy(env, b->lengths[i], b->packets[i], NULL, &buf) == napi_ok) napi_set_element(env, arr, (uint32_t)i, buf);
+      }
+      napi_get_undefined(env, &undef);
+      napi_call_function(env, undef, cb, 1, &arr, NULL);
+    }
+  }
+  wg_tun_batch_free(b);
+}
+
+static void tun_finalize(napi_env env, void *data, void *hint) {
+  (void)env; (void)hint;
+  tun_unref(data);
+}
+
+static napi_value tun_stop(napi_env env, napi_callback_info info) {
+  void *data; napi_value undef;
+  napi_get_cb_info(env, info, NULL, NULL, NULL, &data);
+  tun_read_state *st = data;
+  if (!st->stopped) {
+    st->stopped = 1;
+    wg_tun_reader_stop(st->reader); /* joined: the thread makes no more calls */
+    napi_release_threadsafe_function(st->tsfn, napi_tsfn_abort);
+  }
+  napi_get_undefined(env, &undef);
+  return undef;
+}
+
+static napi_value tun_read(napi_env env, napi_callback_info info) {
+  napi_value a[MAX_ARGS], name, stop; int32_t fd;
+  args(env, info, a);
+  if (napi_get_value_int32(env, a[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, "ERR_WG_ARG", "fd must be a file descriptor");
+    return NULL;
+  }
+  tun_read_state *st = calloc(1, sizeof *st);
+  if (!st) return throw_msg(env, "out of memory");
+  CALL(env, napi_create_string_utf8(env, "loom-wg-tun-reader", NAPI_AUTO_LENGTH, &name));
+  if (napi_create_threadsafe_function(env, a[1], NULL, name, 0, 1, st, tun_finalize, st, tun_call_js, &st->tsfn) != napi_ok) {
+    free(st);
+    return throw_msg(env, "onPackets must be a function");
+  }
+  st->reader = wg_tun_reader_start(fd, tun_deliver, st);
+  if (!st->reader) {
+    st->stopped = 1;
+    st->refs = 1;
+    napi_release_threadsafe_function(st->tsfn, napi_tsfn_abort);
+    return throw_msg(env, "cannot start the TUN reader thread");
+  }
+  CALL(env, napi_create_function(env, "stop", NAPI_AUTO_LENGTH, tun_stop, st, &stop));
+  st->refs = 2;
+  CALL(env, napi_add_finalizer(env, stop, st, tun_finalize, NULL, NULL));
+  return stop;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor p[] = {
 #define FN(name, f) {name, NULL, f, NULL, NULL, NULL, napi_enumerable, NULL}
@@ -267,7 +346,7 @@ static napi_value init(napi_env env, napi_value exports) {
     FN("aeadSeal", aead_seal), FN("aeadOpen", aead_open),
     FN("aeadSealNonce", aead_seal_nonce), FN("aeadOpenNonce", aead_open_nonce),
     FN("hchacha20", hchacha20), FN("xaeadSeal", xaead_seal), FN("xaeadOpen", xaead_open),
-    FN("tunOpen", tun_open), FN("hash", hash), FN("hmac", hmac), FN("mac", mac), FN("kdf", kdf),
+    FN("tunOpen", tun_open), FN("tunRead", tun_read), FN("hash", hash), FN("hmac", hmac), FN("mac", mac), FN("kdf", kdf),
 #undef FN
   };
   if (napi_define_properties(env, exports, sizeof p / sizeof p[0], p) != napi_ok) return NULL;

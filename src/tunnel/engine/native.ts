@@ -21,6 +21,8 @@ export interface WgCrypto {
   xaeadOpen(key: Buffer, nonce: Buffer, ciphertext: Uint8Array, aad?: Uint8Array | null): Buffer | null;
   /** Opens (creating) a TUN interface in this process's network namespace; returns its fd. */
   tunOpen(name: string): number;
+  /** Reads fd on a native thread; onPackets gets batches of packets on the JS thread. Returns stop(). */
+  tunRead(fd: number, onPackets: (packets: Buffer[]) => void): () => void;
   hash(...parts: Uint8Array[]): Buffer;
   hmac(key: Uint8Array, ...parts: Uint8Array[]): Buffer;
   mac(key: Uint8Array, data: Uint8Array, outLen: number): Buffer;

@@ -1,7 +1,7 @@
 // TUN mode: a WgPeer joined to a kernel TUN interface, so the kernel's own TCP/IP stack serves
 // what comes through the tunnel (needs CAP_NET_ADMIN in the namespace; the rootless client uses
 // a userspace stack instead).
-import { closeSync, read, writeSync } from 'node:fs';
+import { closeSync, writeSync } from 'node:fs';
 import { wgCrypto } from './native.js';
 import type { WgPeer } from './peer.js';
 
@@ -14,7 +14,6 @@ export interface TunBridge {
 export function bridgeTun(name: string, peer: WgPeer): TunBridge {
   const fd = wgCrypto().tunOpen(name);
   let closed = false;
-  const buf = Buffer.alloc(65536);
   const onPacket = (ip: Buffer) => {
     try {
       writeSync(fd, ip);
@@ -23,25 +22,24 @@ export function bridgeTun(name: string, peer: WgPeer): TunBridge {
     }
   };
   peer.on('packet', onPacket);
-  // One read at a time keeps the packets in order (each read returns one packet).
-  const pump = () => {
-    read(fd, buf, 0, buf.length, null, (err, n) => {
-      if (closed || err) return;
+  // A native thread reads the interface and hands over batches: one hop per batch, in order.
+  const stop = wgCrypto().tunRead(fd, (packets) => {
+    if (closed) return;
+    for (const p of packets) {
       try {
-        peer.write(Buffer.from(buf.subarray(0, n)));
+        peer.write(p);
       } catch {
         /* not IP, or the peer closed: dropped */
       }
-      pump();
-    });
-  };
-  pump();
+    }
+  });
   return {
     fd,
     close() {
       if (closed) return;
       closed = true;
       peer.off('packet', onPacket);
+      stop();
       closeSync(fd);
     },
   };
