@@ -40,6 +40,15 @@
       "ldflags": ["-pthread"]
     },
     {
+      "target_name": "loom_usernet",
+      "sources": ["src/wg/usernet.c"],
+      "include_dirs": ["/usr/include/lwip"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-pthread", "-Wno-unused-parameter"],
+      "ldflags": ["-pthread"],
+      "libraries": ["-llwip"]
+    },
+    {
       "target_name": "loom-attach-relay",
       "type": "executable",
       "sources": ["src/attach-relay.c"],

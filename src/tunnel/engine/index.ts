@@ -15,3 +15,4 @@ export function publicKeyOf(privateKey: Buffer): Buffer {
   return wgCrypto().publicKey(privateKey);
 }
 export { bridgeTun, type TunBridge } from './tun.js';
+export { UserNet, type UserNetOptions } from './usernet.js';
