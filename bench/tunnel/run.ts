@@ -3,7 +3,8 @@
  * network namespaces joined by a veth pair, for
  *   plain    TCP over the veth (baseline),
  *   wg-go    wireguard-go ↔ wireguard-go,
- *   engine   our engine (TUN mode, tunnel/engine) ↔ wireguard-go.
+ *   engine   our engine (TUN mode, tunnel/engine) ↔ wireguard-go,
+ *   usernet  our engine + UserNet (lwIP; the rootless client, no TUN) ↔ wireguard-go.
  * Prints each figure and our figures as ratios to the baselines. Needs root, wireguard-go, wg.
  * Usage: node --import tsx bench/tunnel/run.ts [MiB=256] [round trips=2000]
  */
@@ -76,12 +77,14 @@ async function wireguardGo(ns: string, iface: string): Promise<{ publicKey: stri
 
 interface Figures { mbit: number; p50: number; p99: number; max: number }
 
-async function measure(name: string, serverAddr: string): Promise<Figures> {
+type Result = { seconds: number; bytes: number; rttsUs: number[] };
+
+async function measure(name: string, serverAddr: string, client?: (port: number) => Promise<Result>): Promise<Figures> {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const server = await start(nsS, ...node('tcp-tool.ts', ['server', serverAddr, String(port)]), 'listening');
   const [cmd, args] = node('tcp-tool.ts', ['client', serverAddr, String(port), String(MIB * 1024 * 1024), String(RTTS)]);
   process.stderr.write(`${name}: ${MIB} MiB and ${RTTS} round trips…\n`);
-  const r = JSON.parse(inNs(nsC, cmd, [...args])) as { seconds: number; bytes: number; rttsUs: number[] };
+  const r = client ? await client(port) : (JSON.parse(inNs(nsC, cmd, [...args])) as Result);
   server.child.kill('SIGKILL');
   const sorted = [...r.rttsUs].sort((a, b) => a - b);
   const q = (p: number) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
@@ -127,13 +130,40 @@ try {
   inNs(nsS, 'wg', ['set', `wge${suf}`, 'peer', enginePub, 'allowed-ips', `${p2}1/128`]);
   const ours = await measure('our engine ↔ wireguard-go', `${p2}2`);
 
+  // our engine + UserNet in the client namespace (no TUN) ↔ wireguard-go
+  const p3 = ula();
+  const s3 = await wireguardGo(nsS, `wgu${suf}`);
+  sh('ip', ['-n', nsS, 'addr', 'add', `${p3}2/64`, 'dev', `wgu${suf}`, 'nodad']);
+  sh('ip', ['-n', nsS, 'link', 'set', `wgu${suf}`, 'mtu', '1420', 'up']);
+  const usernet = await measure('our engine + UserNet ↔ wireguard-go', `${p3}2`, async (port) => {
+    const [cmd, args] = node('usernet-client.ts', [`${hostS}:${s3.port}`, s3.publicKey, `${p3}1`, `${p3}2`, String(port), String(MIB * 1024 * 1024), String(RTTS)]);
+    const child = spawn('ip', ['netns', 'exec', nsC, cmd, ...args], { cwd: ROOT, stdio: ['pipe', 'pipe', 'inherit'] });
+    children.push(child);
+    let out = '';
+    const lines = new Promise<string[]>((resolve, reject) => {
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        const l = out.split('\n');
+        if (l.length === 2 && l[0]) {
+          inNs(nsS, 'wg', ['set', `wgu${suf}`, 'peer', l[0], 'allowed-ips', `${p3}1/128`]);
+          child.stdin!.write('go\n');
+        }
+        if (l.length >= 3) resolve(l);
+      });
+      child.on('exit', (c) => reject(new Error(`usernet client exited ${c}`)));
+    });
+    return JSON.parse((await lines)[1]!) as Result;
+  });
+
   const row = (n: string, f: Figures) =>
     `${n.padEnd(30)} ${f.mbit.toFixed(0).padStart(8)} Mbit/s   p50 ${f.p50.toFixed(0).padStart(6)} µs   p99 ${f.p99.toFixed(0).padStart(6)} µs   max ${f.max.toFixed(0).padStart(7)} µs`;
   console.log(`bench/tunnel: ${MIB} MiB bulk TCP, ${RTTS} sequential 1-byte echo round trips (node ${process.version})`);
   console.log(row('plain TCP over veth', plain));
   console.log(row('wireguard-go ↔ wireguard-go', wggo));
   console.log(row('our engine ↔ wireguard-go', ours));
+  console.log(row('engine+UserNet ↔ wireguard-go', usernet));
   console.log(`throughput ratio  engine / wg-go ${(ours.mbit / wggo.mbit).toFixed(2)}x   wg-go / plain ${(wggo.mbit / plain.mbit).toFixed(2)}x   engine / plain ${(ours.mbit / plain.mbit).toFixed(2)}x`);
+  console.log(`UserNet (rootless) ratio  throughput / wg-go ${(usernet.mbit / wggo.mbit).toFixed(2)}x   echo p50 / wg-go ${(usernet.p50 / wggo.p50).toFixed(2)}x   p99 / wg-go ${(usernet.p99 / wggo.p99).toFixed(2)}x`);
   console.log(`echo p50 ratio   engine / wg-go ${(ours.p50 / wggo.p50).toFixed(2)}x   p99 ratio engine / wg-go ${(ours.p99 / wggo.p99).toFixed(2)}x`);
 } finally {
   cleanup();
