@@ -149,8 +149,8 @@ static err_t on_recv(void *arg, struct tcp_pcb *pcb, struct pbuf *p, err_t e) {
     post(c->un, EV_DATA, c->id, 0, buf, p->tot_len);
     free(buf);
   }
-  /* The window reopens at once: JS buffers what it has not read (see UserNet in README). */
-  tcp_recved(pcb, p->tot_len);
+  /* The window reopens only when JS has taken the data (recved), so a slow reader slows the sender. */
+  (void)pcb;
   pbuf_free(p);
   return ERR_OK;
 }
@@ -248,6 +248,22 @@ static napi_value un_write(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/* recved(conn, n): the reader took n bytes; open the receive window by as much. */
+static napi_value un_recved(napi_env env, napi_callback_info info) {
+  napi_value a[MAXA]; uint32_t n;
+  getargs(env, info, a);
+  struct conn *c = get_conn(env, a[0]);
+  if (napi_get_value_uint32(env, a[1], &n) != napi_ok) return err(env, "n must be a number");
+  LOCK_TCPIP_CORE();
+  while (c && c->pcb && n) {
+    u16_t k = n > 0xffff ? 0xffff : (u16_t)n;
+    tcp_recved(c->pcb, k);
+    n -= k;
+  }
+  UNLOCK_TCPIP_CORE();
+  return undef(env);
+}
+
 /* shutdown(conn): our half closes (FIN); close(conn): both, politely */
 static napi_value un_shutdown(napi_env env, napi_callback_info info) {
   napi_value a[MAXA];
@@ -292,7 +308,7 @@ static napi_value un_destroy(napi_env env, napi_callback_info info) {
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor p[] = {
 #define FN(n, f) {n, NULL, f, NULL, NULL, NULL, napi_enumerable, NULL}
-    FN("create", un_create), FN("input", un_input), FN("connect", un_connect), FN("write", un_write),
+    FN("create", un_create), FN("input", un_input), FN("connect", un_connect), FN("write", un_write), FN("recved", un_recved),
     FN("shutdown", un_shutdown), FN("close", un_close_conn), FN("destroy", un_destroy),
 #undef FN
   };

@@ -15,6 +15,7 @@ interface UserNetAddon {
   input(h: Handle, ip: Buffer): void;
   connect(h: Handle, address: Buffer, port: number, id: number): Handle;
   write(c: Handle, data: Buffer): number;
+  recved(c: Handle, n: number): void;
   shutdown(c: Handle): void;
   close(c: Handle): void;
   destroy(h: Handle): void;
@@ -47,11 +48,20 @@ export function ipv6Bytes(text: string): Buffer {
 
 class TcpStream extends Duplex {
   pendingWrite: { data: Buffer; cb: (e?: Error | null) => void } | null = null;
+  private owed = 0; // bytes delivered to the stream buffer but not yet acknowledged to lwIP
   constructor(private readonly net: UserNetAddon, readonly conn: Handle, private readonly forget: () => void) {
     super();
   }
+  /** Data from lwIP; its receive window reopens once the reader keeps up (flow control). */
+  deliver(data: Buffer): void {
+    if (this.push(data)) this.net.recved(this.conn, data.length);
+    else this.owed += data.length;
+  }
   override _read(): void {
-    /* data is pushed as lwIP delivers it */
+    if (this.owed) {
+      this.net.recved(this.conn, this.owed);
+      this.owed = 0;
+    }
   }
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
     this.pendingWrite = { data: chunk, cb };
@@ -96,6 +106,8 @@ export class UserNet {
   private readonly output: (ip: Buffer) => void;
   private nextId = 1;
   private closed = false;
+  /** Packets the output callback threw on (dropped). */
+  outputDrops = 0;
   private readonly conns = new Map<number, { stream: TcpStream; connected: boolean; resolve(s: Duplex): void; reject(e: Error): void }>();
 
   constructor(o: UserNetOptions) {
@@ -141,7 +153,12 @@ export class UserNet {
 
   private onEvent(type: number, id: number, err: number, data: Buffer | null): void {
     if (type === EV_OUTPUT) {
-      if (data && !this.closed) this.output(data);
+      if (!data || this.closed) return;
+      try {
+        this.output(data);
+      } catch {
+        this.outputDrops++; // the tunnel refused it (closed, not IP): dropped as a NIC would; TCP retransmits
+      }
       return;
     }
     const c = this.conns.get(id);
@@ -152,7 +169,7 @@ export class UserNet {
         c.resolve(c.stream);
         return;
       case EV_DATA:
-        if (data) c.stream.push(data);
+        if (data) c.stream.deliver(data);
         return;
       case EV_END:
         c.stream.push(null);
