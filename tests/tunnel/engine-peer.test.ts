@@ -6,6 +6,7 @@ import t from 'tap';
 import { once } from 'node:events';
 import { generateKeyPair, WgPeer, type WgPeerOptions } from '../../src/tunnel/engine/index.js';
 import { icmp6Echo, randomUla } from './engine-helpers.js';
+import { tai64n } from '../../src/tunnel/engine/noise.js';
 
 interface Pair {
   a: WgPeer;
@@ -112,4 +113,55 @@ t.test('a replayed initiation (old timestamp) is not answered again', async (t) 
   await new Promise((r) => setTimeout(r, 25));
   p.b.input(p.aSent[0]!, 'a'); // the same initiation again
   t.equal(p.bSent.filter((d) => d[0] === 2).length, responses);
+});
+
+/** White-box: ages a peer's session and handshake state as if `ms` had passed since the handshake. */
+function age(p: WgPeer, ms: number): void {
+  const s = p as unknown as {
+    current: { createdAt: number } | null; lastInitiationSentAt: number; lastInitiationConsumedAt: number; greatestTimestamp: Buffer | null;
+  };
+  if (s.current) s.current.createdAt -= ms;
+  s.lastInitiationSentAt -= ms;
+  s.lastInitiationConsumedAt -= ms;
+  if (s.greatestTimestamp) s.greatestTimestamp = tai64n(Date.now() - ms);
+}
+
+t.test('REKEY_AFTER_TIME: the initiator starts a new handshake when sending on a 120 s old session', async (t) => {
+  const p = pair(t);
+  const first = once(p.b, 'packet');
+  p.a.write(echo(1));
+  await first;
+  age(p.a, 121_000);
+  age(p.b, 121_000);
+  const rekeyed = once(p.a, 'handshake');
+  const got = once(p.b, 'packet');
+  p.a.write(echo(2)); // still sent on the old session, then a rekey starts
+  await got;
+  await rekeyed;
+  t.same(p.aSent.map((d) => d[0]), [1, 4, 4, 1, 4], 'data on the old keys, a new initiation, keepalive on the new keys');
+  const back = once(p.a, 'packet');
+  p.b.write(echo(3));
+  t.same(((await back) as [Buffer])[0], echo(3), 'the responder sends on the new session');
+});
+
+t.test('REJECT_AFTER_TIME: a 180 s old session is neither used nor accepted', async (t) => {
+  const p = pair(t);
+  const first = once(p.b, 'packet');
+  p.a.write(echo(1));
+  await first;
+  // b's session is older than REJECT_AFTER_TIME: a's next data on it is dropped by b.
+  age(p.b, 181_000);
+  let delivered = 0;
+  p.b.on('packet', () => delivered++);
+  const sent = p.aSent.length;
+  p.a.write(echo(2));
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  t.equal(p.aSent.length, sent + 1, 'a sent it');
+  t.equal(delivered, 0, 'b dropped it');
+  // b will not send on it either: its packet is queued and a handshake starts.
+  const got = once(p.a, 'packet');
+  p.b.write(echo(3));
+  t.equal(p.bSent[p.bSent.length - 1]![0], 1, 'b initiated instead of sending data');
+  t.same(((await got) as [Buffer])[0], echo(3), 'and delivered the queued packet on the new session');
 });
