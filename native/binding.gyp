@@ -41,12 +41,17 @@
     },
     {
       "target_name": "loom_usernet",
-      "sources": ["src/wg/usernet.c"],
-      "include_dirs": ["/usr/include/lwip"],
-      "defines": ["NAPI_VERSION=8"],
-      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-pthread", "-Wno-unused-parameter"],
-      "ldflags": ["-pthread"],
-      "libraries": ["-llwip"]
+      "conditions": [
+        ["<!(pkg-config --exists lwip && echo 1 || echo 0) == 1", {
+          "sources": ["src/wg/usernet.c"],
+          "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-pthread", "-Wno-unused-parameter", "<!@(pkg-config --cflags lwip)"],
+          "ldflags": ["-pthread"],
+          "libraries": ["<!@(pkg-config --libs lwip)"]
+        }, {
+          "type": "none"
+        }]
+      ],
+      "defines": ["NAPI_VERSION=8"]
     },
     {
       "target_name": "loom-attach-relay",
