@@ -5,6 +5,7 @@
  */
 import t from 'tap';
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +14,9 @@ import { interopUnavailable, skipOrFail, wireguardGoNamespace } from './engine-h
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(HERE, '..', '..');
-const why = interopUnavailable();
+const why =
+  interopUnavailable() ??
+  (existsSync(join(ROOT, 'native/build/Release/loom_usernet.node')) ? null : 'loom_usernet addon not built (apt-get install liblwip-dev, then rebuild native)');
 if (why) skipOrFail(t, why);
 else
   t.test('an unprivileged client streams TCP through our engine with a userspace TCP/IP stack', async (t) => {
