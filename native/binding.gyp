@@ -36,6 +36,11 @@
       "target_name": "loom_wg",
       "sources": ["src/wg/crypto.c", "src/wg/tun.c", "src/wg/addon.c"],
       "defines": ["NAPI_VERSION=8"],
+      "conditions": [
+        ["<!(test -f '<(node_root_dir)/include/node/openssl/evp.h' && echo 1 || echo 0) == 0", {
+          "cflags": ["<!@(pkg-config --cflags openssl)"]
+        }]
+      ],
       "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra", "-pthread"],
       "ldflags": ["-pthread"]
     },
