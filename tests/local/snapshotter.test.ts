@@ -203,7 +203,7 @@ t.test('fork chains past the bound are flattened in the background; layers mount
   t.equal(readFileSync(join(old, `f${keep}`), 'utf8'), String(keep), 'the old mount still works');
   t.equal(readFileSync(join(old, 'base'), 'utf8'), 'base');
   t.equal(s.list().filter((i) => i.key.startsWith('retired/')).length, 0, 'nothing retired: the keeper\'s chain (depth 9) was never flattened');
-  // A deep keeper: generation FLATTEN_AT+2's layer was mounted on snap/FLATTEN_AT+1 before that was flattened? Build one directly.
+  // A layer mounted on a snapshot that is then flattened (a fork started before the background work ran).
   await s.prepare('deep', `snap/${generations}`);
   const deepT = mountTarget(t, dir, 'deep', s);
   await s.mount('deep', deepT);
