@@ -641,8 +641,12 @@ export class LocalProvisioner implements Provisioner {
       const meta = await readJson<WeaverMeta>(join(dir, 'meta.json'));
       if (!meta || meta.phase !== 'started') throw new LoomError(409, 'WEAVER_NOT_RUNNING', `weaver ${id} is not running`);
       if (!meta.layout) throw new LoomError(409, 'WEAVER_NOT_LAYERED', `weaver ${id} was created by an earlier release and has no layer to snapshot; recreate it`);
-      const st = await this.rt().state(id);
-      if (!st || (st.status !== 'running' && st.status !== 'paused')) throw new LoomError(409, 'WEAVER_NOT_RUNNING', `weaver ${id} is not running`);
+      // The exit watcher's view spares a runtime call (a process spawn) on the fork path; a freeze
+      // needs the runtime's own state, and so does a weaver not adopted yet.
+      if (opts.freeze || this.live.get(id)?.status !== 'running') {
+        const st = await this.rt().state(id);
+        if (!st || (st.status !== 'running' && st.status !== 'paused')) throw new LoomError(409, 'WEAVER_NOT_RUNNING', `weaver ${id} is not running`);
+      }
       const name = snapshotLayer(snapshotId);
       const copy = () => this.layers.snapshot(name, weaverLayer(id), { weaver: id }, opts.signal ? { signal: opts.signal } : {});
       let frozenMs: number | null = null;
@@ -842,9 +846,8 @@ async function prepareRootfs(rootfs: string, hostname: string, user: { uid: numb
   const home = await writeRootfsFiles(rootfs, hostname, user, slirp);
   // What was written here is owned by the namespace's root, not the host's.
   const root = hostId(ids, 0);
-  for (const f of ['.', 'etc', 'etc/hostname', 'etc/hosts', 'etc/passwd', 'workspace', ...(slirp ? ['etc/resolv.conf'] : [])]) {
-    await fsp.lchown(join(rootfs, f), root, root).catch(() => undefined);
-  }
+  // Independent inodes: in parallel (this is on every start's and fork's path).
+  await Promise.all(['.', 'etc', 'etc/hostname', 'etc/hosts', 'etc/passwd', 'workspace', ...(slirp ? ['etc/resolv.conf'] : [])].map((f) => fsp.lchown(join(rootfs, f), root, root).catch(() => undefined)));
   return home;
 }
 
@@ -854,11 +857,13 @@ async function writeRootfsFiles(rootfs: string, hostname: string, user: { uid: n
   const etcStat = await fsp.lstat(etc).catch(() => null);
   if (etcStat?.isSymbolicLink()) throw new Error('the image\'s /etc is a symlink');
   if (!etcStat) await fsp.mkdir(etc);
-  await fsp.mkdir(join(rootfs, 'workspace'), { recursive: true });
-  await replaceFile(join(etc, 'hostname'), `${hostname}\n`);
-  await replaceFile(join(etc, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t${hostname}\n`);
-  if (slirp) await replaceFile(join(etc, 'resolv.conf'), SLIRP_RESOLV_CONF);
-  const passwd = await readPasswd(rootfs);
+  const [, , , , passwd] = await Promise.all([
+    fsp.mkdir(join(rootfs, 'workspace'), { recursive: true }),
+    replaceFile(join(etc, 'hostname'), `${hostname}\n`),
+    replaceFile(join(etc, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t${hostname}\n`),
+    slirp ? replaceFile(join(etc, 'resolv.conf'), SLIRP_RESOLV_CONF) : undefined,
+    readPasswd(rootfs),
+  ]);
   const entry = passwd.find((p) => p.uid === user.uid);
   if (entry) return entry.home || '/workspace';
   const pw = await fsp.lstat(join(etc, 'passwd')).catch(() => null);
