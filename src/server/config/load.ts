@@ -83,6 +83,8 @@ export interface Config {
   quota: { user: QuotaLimit; org: QuotaLimit };
   minFreeDiskBytes: number;
   secrets: SecretsConfig;
+  /** WireGuard tunnels: the UDP gateway's bind address and the endpoint clients are told ('' = off / derived). */
+  tunnel: { udpAddr: string; udpEndpoint: string };
 }
 
 export interface SecretsConfig {
@@ -268,6 +270,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       tmpfsSize: get<string>('LOOM_SECRETS_TMPFS_SIZE'),
       kubernetesUrl: get<string>('LOOM_SECRETS_K8S_URL'),
     },
+    tunnel: { udpAddr: get<string>('LOOM_TUNNEL_UDP_ADDR'), udpEndpoint: get<string>('LOOM_TUNNEL_UDP_ENDPOINT') },
   };
   try {
     parseCidrs(cfg.weaver.git.allowedNetworks);
