@@ -10,6 +10,7 @@ import { startServer, loomCli, tempDir, freshDataDir } from '../support/server.j
 import { newKeyPair, publicKeyFor } from '../../src/tunnel/keys.js';
 import { blake2s } from '../../src/tunnel/blake2s.js';
 import Database from 'better-sqlite3';
+import { ConfigError, loadConfig } from '../../src/server/config/load.js';
 
 type Err = { error: { code: string; message: string } };
 type Device = { id: string; name: string; public_key: string };
@@ -21,6 +22,14 @@ t.test('BLAKE2s against RFC 7693 and the reference keyed vectors', async (t) => 
   // blake2s-kat.txt (keyed, key 00..1f): empty input, and input 00..3f (exactly one block after the key block).
   t.equal(blake2s(Buffer.alloc(0), 32, k).toString('hex'), '48a8997da407876b3d79c0d92325ad3b89cbb754d86ab71aee047ad345fd2c49');
   t.equal(blake2s(Buffer.from(Array.from({ length: 64 }, (_, i) => i)), 32, k).toString('hex'), '8975b0577fd35566d750b362b0897a26c399136df07bababbde6203ff2954ed4');
+});
+
+t.test('gateway variables: wrong values stop the server naming the variable', async (t) => {
+  for (const [name, value] of [['LOOM_TUNNEL_UDP_ADDR', 'nope'], ['LOOM_TUNNEL_UDP_ADDR', '0.0.0.0:70000'], ['LOOM_TUNNEL_UDP_ENDPOINT', 'host:port']]) {
+    t.throws(() => loadConfig({ [name!]: value }), new ConfigError(name!, 'host:port, e.g. 0.0.0.0:51820 or [::]:51820 (empty: off)'), `${name}=${value}`);
+  }
+  t.same(loadConfig({ LOOM_TUNNEL_UDP_ADDR: '[::]:51820' }).tunnel, { udpAddr: '[::]:51820', udpEndpoint: '' });
+  t.same(loadConfig({}).tunnel, { udpAddr: '', udpEndpoint: '' }, 'off by default');
 });
 
 t.test('X25519 keys: the public half matches wg pubkey', async (t) => {

@@ -277,6 +277,11 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
   } catch (e) {
     throw new ConfigError('LOOM_SERVER_WEAVER_GIT_ALLOWED_NETWORKS', (e as Error).message);
   }
+  for (const name of ['LOOM_TUNNEL_UDP_ADDR', 'LOOM_TUNNEL_UDP_ENDPOINT']) {
+    const a = get<string>(name);
+    const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(a);
+    if (a && (!m || Number(m[2]) > 65535)) throw new ConfigError(name, 'host:port, e.g. 0.0.0.0:51820 or [::]:51820 (empty: off)');
+  }
   for (const r of cfg.branching.importRoots) {
     if (!isAbsolute(r) || resolve(r) !== r) throw new ConfigError('LOOM_BRANCHING_IMPORT_ROOTS', `${JSON.stringify(r)} is not a normalized absolute path`);
   }
