@@ -10,6 +10,7 @@ import { TunnelService } from './service.js';
 import { registerTunnelApi } from './routes.js';
 import { LocalEndpoints } from './local/endpoint-hook.js';
 import { Gateway } from './local/gateway.js';
+import { registerRelay } from './relay.js';
 
 function splitAddr(addr: string): { host: string; port: number } {
   const i = addr.lastIndexOf(':');
@@ -41,16 +42,18 @@ export function tunnelComponent(config: Config, log: Logger, weavers: WeaverComp
         endpoints = new LocalEndpoints(store, clog, (id) => service().peersOf(id));
         const ep = endpoints;
         cleanup.push((weavers.provisioner as LocalProvisioner).hooks.add(ep));
+        const live = (id: string) => {
+          const e = ep.live(id);
+          return e ? { weaverId: id, publicKey: e.publicKey, pid: e.pid, port: e.port } : null;
+        };
+        // The routing serves the relay always, and the UDP port when one is configured.
+        gateway = new Gateway({ get: live, all: () => store.liveWeavers().flatMap((w) => live(w.weaver_id) ?? []) }, clog);
         if (config.tunnel.udpAddr) {
-          const live = (id: string) => {
-            const e = ep.live(id);
-            return e ? { weaverId: id, publicKey: e.publicKey, pid: e.pid, port: e.port } : null;
-          };
-          gateway = new Gateway({ get: live, all: () => store.liveWeavers().flatMap((w) => live(w.weaver_id) ?? []) }, clog);
           const { host, port } = splitAddr(config.tunnel.udpAddr);
           try {
             gatewayPort = await gateway.listen(host, port);
           } catch (e) {
+            await gateway.stop();
             throw new LoomError(500, 'listen_failed', `cannot listen on UDP ${config.tunnel.udpAddr}: ${(e as Error).message} (set LOOM_TUNNEL_UDP_ADDR)`);
           }
           clog.info({ udp: `${host}:${gatewayPort}` }, 'wireguard gateway listening');
@@ -63,14 +66,14 @@ export function tunnelComponent(config: Config, log: Logger, weavers: WeaverComp
         weavers: weavers?.directory ?? null,
         endpoints,
         udpEndpoints: () => {
-          if (!gateway) return [];
+          if (!gatewayPort) return [];
           if (config.tunnel.udpEndpoint) return [config.tunnel.udpEndpoint];
           // A specific bind address is where clients reach the gateway; a wildcard means the public name.
           const bound = splitAddr(config.tunnel.udpAddr).host;
           const host = bound === '0.0.0.0' || bound === '::' ? new URL(ctx.baseUrl).hostname : bound;
           return [`${host.includes(':') ? `[${host}]` : host}:${gatewayPort}`];
         },
-        relayUrl: () => null,
+        relayUrl: (id) => (gateway ? `${ctx.baseUrl.replace(/^http/, 'ws')}/api/wg/relay?session=${encodeURIComponent(id)}` : null),
         log: clog,
       });
       svc = s;
@@ -86,6 +89,9 @@ export function tunnelComponent(config: Config, log: Logger, weavers: WeaverComp
     },
     async registerApi(api) {
       await registerTunnelApi(api, service);
+    },
+    async registerPublic(app, ctx) {
+      if (gateway) await registerRelay(app, ctx, service, gateway);
     },
     async stop() {
       svc?.stop();

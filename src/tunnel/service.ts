@@ -51,7 +51,8 @@ export interface TunnelServiceDeps {
   endpoints: WeaverEndpoints | null;
   /** host:port strings clients send UDP to (empty when the gateway is off). */
   udpEndpoints: () => string[];
-  relayUrl: () => string | null;
+  /** The relay URL of a session, or null when there is no relay. */
+  relayUrl: (sessionId: string) => string | null;
   log: Logger;
 }
 
@@ -59,6 +60,7 @@ const deviceView = (d: DeviceRow): DeviceView => ({ id: d.id, name: d.name, publ
 
 export class TunnelService {
   private readonly live = new Map<string, () => void>();
+  private readonly endedListeners = new Map<string, Set<() => void>>();
 
   constructor(private readonly d: TunnelServiceDeps) {}
 
@@ -122,6 +124,39 @@ export class TunnelService {
     return this.view(s, ep.publicKey, subnet);
   }
 
+  /**
+   * What a relay connection for this session may carry, checked now: the caller's own session,
+   * the 'exec' right on its weaver (404 for another org, 403 for a plain member), a live endpoint.
+   */
+  relayTarget(c: Caller, sessionId: string): { sessionId: string; weaverId: string; resource: Resource; deviceKey: Buffer; weaverKey: Buffer } {
+    const s = this.d.store.session(sessionId);
+    if (!s || s.user_id !== c.user.id) throw notFound('session', 'session_not_found');
+    const resource = this.weaverResource(s.weaver_id);
+    authorize(this.d.orgs, c.user, 'exec', resource);
+    const ep = this.d.endpoints?.live(s.weaver_id) ?? null;
+    const dev = this.d.store.device(s.device_id);
+    if (!ep || !dev) throw new LoomError(409, 'tunnel_unavailable', 'this weaver has no WireGuard endpoint now');
+    return { sessionId: s.id, weaverId: s.weaver_id, resource, deviceKey: Buffer.from(dev.public_key, 'base64'), weaverKey: Buffer.from(ep.publicKey, 'base64') };
+  }
+
+  /** Calls back once when the session ends (for the relay connections carrying it). */
+  onSessionEnded(sessionId: string, cb: () => void): () => void {
+    if (!this.d.store.session(sessionId)) {
+      cb();
+      return () => undefined;
+    }
+    let set = this.endedListeners.get(sessionId);
+    if (!set) this.endedListeners.set(sessionId, (set = new Set()));
+    set.add(cb);
+    return () => set.delete(cb);
+  }
+
+  private ended(sessionId: string): void {
+    const set = this.endedListeners.get(sessionId);
+    this.endedListeners.delete(sessionId);
+    for (const cb of set ?? []) cb();
+  }
+
   listSessions(c: Caller): SessionView[] {
     const out: SessionView[] = [];
     for (const s of this.d.store.sessionsOfUser(c.user.id)) {
@@ -142,6 +177,7 @@ export class TunnelService {
     for (const s of this.d.store.forgetWeaver(weaverId)) {
       this.live.get(s.id)?.();
       this.live.delete(s.id);
+      this.ended(s.id);
     }
   }
 
@@ -166,7 +202,7 @@ export class TunnelService {
       weaver_address: addressOf(prefix, subnet, 1),
       weaver_public_key: weaverPublicKey,
       endpoints: this.d.udpEndpoints(),
-      relay_url: this.d.relayUrl(),
+      relay_url: this.d.relayUrl(s.id),
       keepalive_seconds: KEEPALIVE_SECONDS,
       created_at: s.created_at,
     };
@@ -185,6 +221,7 @@ export class TunnelService {
     this.live.get(s.id)?.();
     this.live.delete(s.id);
     if (!this.d.store.deleteSession(s.id)) return;
+    this.ended(s.id);
     const dev = this.d.store.device(s.device_id);
     this.d.log.info({ session: s.id, weaver: s.weaver_id, user: s.user_id, why }, 'wireguard session ended');
     if (dev && this.d.endpoints) {

@@ -13,6 +13,7 @@ import type { Logger } from '../../common/log.js';
 import { initiationIsFor, mac1Key } from '../blake2s.js';
 import { deframer, frame } from './frames.js';
 import { netnsOf } from './wg-tools.js';
+import { PROBE_LEN, PROBE_TYPE } from '../probe.js';
 
 export interface LiveEndpoint {
   weaverId: string;
@@ -61,6 +62,7 @@ export class Gateway {
     });
     s.on('error', (e) => this.log.warn({ err: e }, 'tunnel gateway socket error'));
     s.on('message', (msg, rinfo) => {
+      if (msg.length === PROBE_LEN && msg[0] === PROBE_TYPE) return void s.send(msg, rinfo.port, rinfo.address);
       const key = `udp:${rinfo.address}:${rinfo.port}`;
       this.route(key, msg, (d) => s.send(d, rinfo.port, rinfo.address));
     });
@@ -69,11 +71,13 @@ export class Gateway {
   }
 
   /** Routes one datagram from a client (an address, or a relay connection) towards its weaver. */
-  route(clientKey: string, datagram: Buffer, reply: (datagram: Buffer) => void): void {
+  route(clientKey: string, datagram: Buffer, reply: (datagram: Buffer) => void, only?: string): void {
     if (datagram.length === 0 || datagram.length > 65535) return;
     let b = this.bindings.get(clientKey);
     if (datagram[0] === 1) {
-      const target = this.endpoints.all().find((e) => initiationIsFor(datagram, this.macKey(e.publicKey)));
+      // `only`: a relay connection belongs to one session, so to one weaver.
+      const candidates = only ? [this.endpoints.get(only)].filter((e): e is LiveEndpoint => e !== null) : this.endpoints.all();
+      const target = candidates.find((e) => initiationIsFor(datagram, this.macKey(e.publicKey)));
       if (!target) {
         this.counters.unroutable++;
         return;
@@ -83,6 +87,9 @@ export class Gateway {
         b = this.bind(clientKey, target.weaverId, reply);
       }
     }
+    // A relay connection has one weaver: its packets need no handshake to be routed (the client
+    // may move to the relay in the middle of a session, sending transport data first).
+    if (!b && only && this.endpoints.get(only)) b = this.bind(clientKey, only, reply);
     if (!b) {
       this.counters.unroutable++;
       return;
