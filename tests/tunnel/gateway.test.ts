@@ -4,7 +4,8 @@
  * and a client in its own network namespace (wireguard-go as the peer until our engine lands)
  * that registers a device, opens a session and pings the weaver's kernel through the tunnel.
  * Then: the weaver namespace holds only lo and the WireGuard interface; another org gets 404, a
- * plain member 403; revoking the device removes the peer; deleting the weaver stops its endpoint.
+ * plain member 403; a kill -9 of loom-server leaves the tunnel working after the restart; revoking
+ * the device removes the peer; deleting the weaver stops its endpoint.
  */
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
@@ -23,7 +24,9 @@ if (missing && process.env['CI'] === 'true') t.fail(`prerequisite missing in CI:
 
 t.test('a client reaches the weaver kernel through the gateway; access, revocation and deletion', { skip: missing ?? false }, async (t) => {
   const ns = clientNetns(t);
-  const srv = await startServer({ t, env: { LOOM_TUNNEL_UDP_ADDR: `${ns.hostIp}:0` } });
+  const env = { LOOM_TUNNEL_UDP_ADDR: `${ns.hostIp}:0` };
+  const first = await startServer({ t, keepData: true, env });
+  let srv = first;
   const team = await makeTeam(srv);
   t.teardown(() => deleteWeavers(srv, [team.tokens.owner, team.tokens.member]));
   const w = await runningWeaver(srv, team.tokens.member, { org_id: team.orgId, image: 'loom/default:latest', command: ['/bin/sleep', '1000'] });
@@ -55,7 +58,7 @@ t.test('a client reaches the weaver kernel through the gateway; access, revocati
   t.match(s.client_address, /^fd[0-9a-f]{2}:/, 'ULA address');
   t.equal(s.client_address.split(':').slice(0, 4).join(':'), s.weaver_address.split(':').slice(0, 4).join(':'), 'same /64');
   t.equal(s.keepalive_seconds, 25);
-  t.equal(s.relay_url, null, 'no relay is offered (not built)');
+  t.equal(s.relay_url, `${srv.url.replace('http', 'ws')}/api/wg/relay?session=${s.id}`, 'the relay of this session');
   t.same(s.endpoints.length, 1);
   const port = Number(s.endpoints[0]!.split(':').pop());
   t.equal(s.endpoints[0], `${ns.hostIp}:${port}`);
@@ -99,6 +102,17 @@ t.test('a client reaches the weaver kernel through the gateway; access, revocati
   t.match(ping, /1 received/, 'the weaver kernel answers through the tunnel');
   t.match(sh('wg', ['show', cif, 'latest-handshakes']), new RegExp(`${s.weaver_public_key.replace(/[+/]/g, '\\$&')}\\t[1-9]`), 'handshake done');
   t.match(sh('wg', ['show', iface, 'endpoints']), new RegExp(`${pub.replace(/[+/]/g, '\\$&')}\\t127\\.0\\.0\\.1:\\d+`), 'the weaver sees the gateway forwarder on its loopback');
+
+  // kill -9 of loom-server: the weaver's wireguard-go keeps running; after the restart the
+  // session is still there and the tunnel works again through the new gateway socket.
+  await first.stop('SIGKILL');
+  process.kill(wgPid, 0);
+  t.pass('wireguard-go outlived the server');
+  srv = await startServer({ t, dataDir: first.dataDir, env });
+  const after = (await srv.api<{ sessions: Session[] }>('GET', '/api/wg/sessions', team.tokens.member)).body.sessions;
+  t.same(after.map((x) => [x.id, x.client_address, x.weaver_public_key]), [[s.id, s.client_address, s.weaver_public_key]], 'the session survived the restart');
+  sh('wg', ['set', cif, 'peer', s.weaver_public_key, 'endpoint', after[0]!.endpoints[0]!]);
+  t.match(ns.exec('ping', ['-6', '-c', '1', '-w', '30', s.weaver_address]), /1 received/, 'the tunnel works after the restart');
 
   // Revoking the device cuts it off at the weaver: the peer is gone, and so is the session.
   t.equal((await srv.api('DELETE', `/api/wg/devices/${dev.body.id}`, team.tokens.owner)).status, 404, 'not your device');
