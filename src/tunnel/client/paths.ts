@@ -73,6 +73,8 @@ export class MultipathTransport extends EventEmitter {
         this.emit('datagram', m);
       });
       this.udp.on('error', () => undefined);
+      // Bound now: answers may arrive before we send again, and the socket keeps the process alive.
+      this.udp.bind(0);
     }
     if (this.path === 'relay') this.ensureRelay();
     this.timer = setInterval(() => this.tick(), 250);
