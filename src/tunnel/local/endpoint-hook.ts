@@ -28,8 +28,17 @@ export class LocalEndpoints implements RuntimeHook, WeaverEndpoints {
     private readonly peersOf: (weaverId: string) => { publicKey: string; address: string }[] = () => [],
   ) {}
 
+  /** A weaver whose endpoint cannot start (no /dev/net/tun, no wireguard-go) still runs, without tunnels (sessions answer 409). */
   async created(ctx: CreatedContext): Promise<void> {
     if (ctx.kind !== 'weaver') return;
+    try {
+      await this.setUp(ctx);
+    } catch (e) {
+      this.log.warn({ weaver: ctx.id, err: e }, 'wireguard endpoint could not start; the weaver runs without tunnels');
+    }
+  }
+
+  private async setUp(ctx: CreatedContext): Promise<void> {
     const iface = ifaceFor(ctx.id);
     const subnet = this.store.subnetFor(ctx.id);
     mkdirSync(ctx.stateDir, { recursive: true, mode: 0o700 });
