@@ -65,6 +65,7 @@ export const FULL_SAMPLE = {
   },
   branching: { gcIntervalSecs: 300, importRoots: ['/srv/rootfs', '/data/images'], archiveMaxBytes: 4294967296 },
   secrets: { masterKeyFile: '/run/keys/loom-master.key', tmpfsSize: '4Mi', kubernetesUrl: 'http://loom.loom-system.svc:18090' },
+  tunnel: { udpAddress: '0.0.0.0:51820', udpEndpoint: 'loom.example.com:51820' },
 };
 
 const FULL_ENV = {
@@ -129,6 +130,8 @@ const FULL_ENV = {
   LOOM_SECRETS_MASTER_KEY_FILE: '/run/keys/loom-master.key',
   LOOM_SECRETS_TMPFS_SIZE: '4Mi',
   LOOM_SECRETS_K8S_URL: 'http://loom.loom-system.svc:18090',
+  LOOM_TUNNEL_UDP_ADDR: '0.0.0.0:51820',
+  LOOM_TUNNEL_UDP_ENDPOINT: 'loom.example.com:51820',
 };
 
 const DEFAULT_ENV = {

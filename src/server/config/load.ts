@@ -85,6 +85,8 @@ export interface Config {
   quota: { user: QuotaLimit; org: QuotaLimit };
   minFreeDiskBytes: number;
   secrets: SecretsConfig;
+  /** WireGuard tunnels: the UDP gateway's bind address and the endpoint clients are told ('' = off / derived). */
+  tunnel: { udpAddr: string; udpEndpoint: string };
 }
 
 export interface SecretsConfig {
@@ -271,11 +273,17 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       tmpfsSize: get<string>('LOOM_SECRETS_TMPFS_SIZE'),
       kubernetesUrl: get<string>('LOOM_SECRETS_K8S_URL'),
     },
+    tunnel: { udpAddr: get<string>('LOOM_TUNNEL_UDP_ADDR'), udpEndpoint: get<string>('LOOM_TUNNEL_UDP_ENDPOINT') },
   };
   try {
     parseCidrs(cfg.weaver.git.allowedNetworks);
   } catch (e) {
     throw new ConfigError('LOOM_SERVER_WEAVER_GIT_ALLOWED_NETWORKS', (e as Error).message);
+  }
+  for (const name of ['LOOM_TUNNEL_UDP_ADDR', 'LOOM_TUNNEL_UDP_ENDPOINT']) {
+    const a = get<string>(name);
+    const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(a);
+    if (a && (!m || Number(m[2]) > 65535)) throw new ConfigError(name, 'host:port, e.g. 0.0.0.0:51820 or [::]:51820 (empty: off)');
   }
   for (const r of cfg.branching.importRoots) {
     if (!isAbsolute(r) || resolve(r) !== r) throw new ConfigError('LOOM_BRANCHING_IMPORT_ROOTS', `${JSON.stringify(r)} is not a normalized absolute path`);
