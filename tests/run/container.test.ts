@@ -49,7 +49,7 @@ if (missing) {
       t.same(out('01'), ['/workspace docker /workspace wf job host=absent'], 'only workflow and job variables reach the container');
       t.same(out('02'), ['tracked content']);
       // uid and gid 0 inside are host 100000 (the default base), not host root.
-      t.same(out('05').map((l) => l.trim().split(/\s+/).join(' ')), ['0 100000 65536', '0 100000 65536', '0'], 'the job runs in a user namespace');
+      t.same(out('05').map((l) => String(l).trim().split(/\s+/).join(' ')), ['0 100000 65536', '0 100000 65536', '0'], 'the job runs in a user namespace');
       t.equal(out('06').length, 0);
       const synced = existsSync(join(ws!, 'from-container.txt'));
       if (mode === 'bind_mount') {
