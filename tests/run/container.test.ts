@@ -87,6 +87,17 @@ if (missing) {
     }
   });
 
+  t.test('a secret file (0600) is readable by the job\'s root in the user namespace, and redacted', async (t) => {
+    const wf = ['version: "v1"', 'stages: [s]', 'box:', '  stage: s', '  image: loom/default:latest', '  secrets:', '    TOKEN:', '      ref: env://RUN_USERNS_TOKEN', '  script:', '    - stat -c "%u %a" "$TOKEN"; cat "$TOKEN"', ''].join('\n');
+    const repo = makeRepo({ '.loom/workflow.yml': wf }, tmp);
+    const r = await loom(['run', '--local', '--docker-workspace-mount', 'bind_mount'], repo, { LOOM_DATA_DIR: dataDir, RUN_USERNS_TOKEN: 'sekrit-value-42' });
+    const ws = /^isolated workspace: (.+)$/m.exec(r.stdout)?.[1];
+    if (ws) tmp.push(ws);
+    t.equal(r.code, 0, r.stderr);
+    const out = readEvents(join(receiptOf(r).logs_dir, 'jobs/box/user/execution/script/01/events.jsonl')).filter((e) => e.stream === 'stdout').map((e) => String(e.message));
+    t.same(out, ['0 600', '[REDACTED:SECRET_TOKEN]'], 'owned by uid 0 inside, mode 0600, readable');
+  });
+
   t.test('uid 0 inside is not host root: root-only host files stay unreadable and the run\'s logs unwritable', async (t) => {
     const { createContainerProvider } = await import('../../src/run/container-provider.js');
     const prev = process.env['LOOM_DATA_DIR'];
