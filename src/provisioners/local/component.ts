@@ -9,6 +9,7 @@ import { LoomError, forbidden, isLoomError } from '../../common/errors.js';
 import { principal } from '../../server/http/auth.js';
 import type { BackendHandle } from '../../weaver/component.js';
 import { LocalProvisioner } from './provisioner.js';
+import { OutboundNetwork } from './outbound.js';
 import { DEFAULT_LOCAL_IMAGE } from './default-image.js';
 import { isValidRef, type ImageStore } from './images.js';
 
@@ -27,7 +28,12 @@ export function localBackend(config: Config, log: Logger): BackendHandle {
     usernsBase: config.weaver.usernsBase,
     git: config.weaver.git,
     testDelayMs: config.branching.testDelayMs,
+    pullTimeoutMs: config.images.pullTimeoutSecs * 1000,
   });
+  // Outbound network through slirp4netns, filtered in the weaver's netns, set up before its first process runs.
+  if (config.weaver.network === 'slirp4netns') provisioner.hooks.add(new OutboundNetwork({ allowed: config.weaver.networkAllowedNetworks }));
+  provisioner.images.addUsersSource((img) => provisioner.imageUsers(img));
+  provisioner.images.addReclaimer((digest) => provisioner.dropImageLayers(digest));
   return {
     provisioner,
     defaultImage: DEFAULT_LOCAL_IMAGE,

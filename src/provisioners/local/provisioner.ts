@@ -25,7 +25,7 @@ import { ensureAttachRelay, openTerminalStream, type RelayCommand } from './atta
 import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage, findStaticBusybox } from './default-image.js';
 import { cloneRepo, repoName, type GitOptions } from './git.js';
 import { ImageStore, isValidRef, normalizeRef, sharedImageStore, type ImageRunConfig } from './images.js';
-import { startSlirp, stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './network.js';
+import { stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './network.js';
 import { OverlayMaterializer, unmountAll, type Materializer } from './rootfs.js';
 import { ContainerRuntime, bundleFiles, detectRuntime, type RuntimeState } from './runtime.js';
 import { buildOciSpec } from './spec.js';
@@ -454,10 +454,7 @@ export class LocalProvisioner implements Provisioner {
         return await fail(`container create failed: ${errorMessage(e)}`);
       }
       if (signal.aborted) return;
-      if (this.opts.network === 'slirp4netns') {
-        meta.slirp = (await startSlirp(pid, join(dir, 'slirp.pid')).catch(() => null)) !== null;
-        if (!meta.slirp) this.log.warn({ weaver: id }, 'slirp4netns unavailable; weaver has loopback only');
-      }
+      // Outbound network (slirp4netns + the weaver's firewall) is the 'outbound' runtime hook (outbound.ts).
       try {
         await this.hooks.created({ ...hookCtx, pid, cgroupsPath: oci.linux.cgroupsPath }, (h) => join(dir, 'hooks', h));
       } catch (e) {
