@@ -135,7 +135,7 @@ export class ImageStore {
    * Imports an OCI layout directory, an OCI archive tar or a docker-archive tar (`docker save`).
    * `name` defaults to the reference recorded in the source.
    */
-  async import(source: string, name?: string): Promise<LocalImage> {
+  async import(source: string, name?: string, label?: string): Promise<LocalImage> {
     const path = resolvePath(source);
     let st;
     try {
@@ -182,7 +182,7 @@ export class ImageStore {
     const finalName = normalizeRef(name ?? recorded ?? '');
     if (!name && !recorded) throw new LoomError(400, 'bad_image', `${source} records no image name; give one`);
     if (!isValidRef(finalName)) throw new LoomError(400, 'invalid_image_name', `invalid image name ${JSON.stringify(finalName)}`);
-    return this.copyIn(transport, finalName, `import:${path}`, 300_000);
+    return this.copyIn(transport, finalName, label ?? `import:${path}`, 300_000);
   }
 
   /** Pulls from a registry (needs network); fails fast with skopeo's message. */

@@ -22,7 +22,7 @@ import type {
 } from '../../weaver/provisioner.js';
 import { ensureExecHelper, localExec } from './exec.js';
 import { ensureAttachRelay, openTerminalStream, type RelayCommand } from './attach.js';
-import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage, findStaticBusybox } from './default-image.js';
+import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage, findStaticBusybox, isBuiltinImage } from './default-image.js';
 import { cloneRepo, repoName, type GitOptions } from './git.js';
 import { ImageStore, isValidRef, normalizeRef, sharedImageStore, type ImageRunConfig } from './images.js';
 import { stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './network.js';
@@ -364,7 +364,7 @@ export class LocalProvisioner implements Provisioner {
     };
     try {
       // 1. image
-      if (spec.image === DEFAULT_LOCAL_IMAGE && !(await this.images.get(DEFAULT_LOCAL_IMAGE))) await this.ensureDefault();
+      if (isBuiltinImage(spec.image) && !(await this.images.get(spec.image))) await this.ensureDefault();
       let resolved;
       try {
         resolved = await this.images.resolve(spec.image, this.ids.base);
