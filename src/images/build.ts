@@ -185,7 +185,9 @@ export async function writeLayout(rootfs: string, layoutDir: string, epoch: numb
   await fsp.mkdir(blobs, { recursive: true });
   const layerPath = join(layoutDir, 'layer.tar');
   await runStreaming('tar', [
-    '--numeric-owner', '--sort=name', `--mtime=@${epoch}`, '--clamp-mtime', '--format=gnu', '--xattrs', '--xattrs-include=security.capability',
+    // --xattrs makes a pax archive: its extended headers must not carry atime/ctime or the tar's pid.
+    '--numeric-owner', '--sort=name', `--mtime=@${epoch}`, '--clamp-mtime', '--format=posix',
+    '--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime', '--xattrs', '--xattrs-include=security.capability',
     '-C', rootfs, '-cf', layerPath, '.',
   ], {}, () => undefined, signal);
   const layer = await shaFile(layerPath);
