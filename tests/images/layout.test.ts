@@ -43,7 +43,7 @@ t.test('request checks', async (t) => {
     { ...ok, packages: Array.from({ length: 201 }, (_, i) => `p${i}`) },
     { ...ok, sourceDateEpoch: -1 },
   ]) {
-    t.throws(() => validateBuild(bad), { status: 400 }, JSON.stringify(bad).slice(0, 80));
+    t.throws(() => validateBuild(bad), { status: 400 } as unknown as Error, JSON.stringify(bad).slice(0, 80));
   }
   t.ok(isAptSourceLine('deb http://deb.debian.org/debian-security bookworm-security main'));
   t.ok(isAptSourceLine('deb [signed-by=/usr/share/keyrings/x.gpg] https://apt.example.com/debian bookworm main contrib'));
