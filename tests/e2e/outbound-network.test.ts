@@ -149,6 +149,20 @@ if (process.getuid?.() !== 0 || missing.length) {
     await waitUntil(async () => (existsSync(`/proc/${slirpPid}`) ? null : true), 'slirp4netns gone with the weaver');
   });
 
+  t.test('slirp4netns ends with the weaver even while loom-server is down', async (t) => {
+    const srv = await startServer({ t });
+    const tok = await srv.token(`net-${tag}`);
+    const w = await running(srv, tok);
+    const slirpPid = Number(readFileSync(join(srv.dataDir, 'local/weavers', w.id, 'hooks/outbound/slirp.pid'), 'utf8'));
+    t.ok(existsSync(`/proc/${slirpPid}`), 'slirp4netns runs');
+    srv.proc.kill('SIGKILL');
+    await once(srv.proc, 'exit');
+    // The weaver dies with nobody to run its teardown hooks.
+    execFileSync('runc', ['--root', join(srv.dataDir, 'local/runc'), 'kill', w.id, 'KILL']);
+    await waitUntil(async () => (existsSync(`/proc/${slirpPid}`) ? null : true), 'slirp4netns gone with its weaver', 30_000);
+    t.pass('slirp4netns exited when the weaver\'s init did');
+  });
+
   t.test('the operator allows a private range', async (t) => {
     const privPort = await hostServer(privateIp, 'private-address');
     const srv = await startServer({ t, env: { LOOM_SERVER_WEAVER_NETWORK_ALLOWED_NETWORKS: `${privateIp}/32` } });

@@ -142,9 +142,23 @@ async function startSlirp(bin: string, pid: number, pidFile: string, timeoutMs: 
   (ready as unknown as { destroy(): void }).destroy();
   child.removeAllListeners('exit');
   child.unref();
+  // slirp4netns outlives its namespace's processes (its tap keeps the netns); a watchdog ends it
+  // when the weaver's init goes, even if loom-server is down then (tail --pid polls once a second).
+  const watch = spawn('sh', ['-c', 'tail --pid="$1" -f /dev/null; [ "$(cat /proc/$2/comm 2>/dev/null)" = slirp4netns ] && kill "$2"', 'loom-slirp-watch', String(pid), String(child.pid)], {
+    stdio: 'ignore',
+    detached: true,
+  });
+  watch.unref();
+  if (watch.pid) await fsp.writeFile(pidFile.replace(/\.pid$/, '.watch.pid'), String(watch.pid));
 }
 
 async function stopSlirp(pidFile: string): Promise<void> {
+  await killIf(pidFile.replace(/\.pid$/, '.watch.pid'), 'sh');
+  await killIf(pidFile, 'slirp4netns');
+}
+
+/** SIGTERM to the pid in a file if that process is still the one we started (its comm), then the file goes. */
+async function killIf(pidFile: string, comm: string): Promise<void> {
   let pid: number;
   try {
     pid = Number((await fsp.readFile(pidFile, 'utf8')).trim());
@@ -153,9 +167,8 @@ async function stopSlirp(pidFile: string): Promise<void> {
   }
   if (!(pid > 0)) return;
   try {
-    // Only ever the slirp4netns we started (the pid may have been reused since).
-    const comm = (await fsp.readFile(`/proc/${pid}/comm`, 'utf8')).trim();
-    if (comm === 'slirp4netns') process.kill(pid, 'SIGTERM');
+    // Only ever what we started (the pid may have been reused since).
+    if ((await fsp.readFile(`/proc/${pid}/comm`, 'utf8')).trim() === comm) process.kill(pid, 'SIGTERM');
   } catch {
     /* gone */
   }
