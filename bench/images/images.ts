@@ -8,7 +8,8 @@
  *    network namespace joined by a veth) vs the same download on the host's loopback.
  * Run as root after `npm run build`:  npx tsx bench/images/images.ts [news=5] [MiB=256] [--no-build-baseline]
  */
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { once } from 'node:events';
@@ -23,11 +24,26 @@ const args = process.argv.slice(2).filter((a) => !a.startsWith('--'));
 const NEWS = Number(args[0] ?? 5);
 const MIB = Number(args[1] ?? 256);
 const buildBaseline = !process.argv.includes('--no-build-baseline');
+const onlyNet = process.argv.includes('--only-net');
+const execFileP = promisify(execFile);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const ratio = (a: number, b: number) => (a / b).toFixed(2);
 
 async function main(): Promise<void> {
   const dataDir = freshDataDir('loom-bench-img-');
+  if (onlyNet) {
+    const srv = await startServer({ dataDir });
+    const tok = await srv.token('bench', true);
+    try {
+      await throughput(srv, tok);
+    } catch (e) {
+      console.error(e);
+    } finally {
+      for (const w of (await srv.api<{ weavers: { id: string }[] }>('GET', '/api/weavers', tok)).body.weavers ?? []) await srv.api('DELETE', `/api/weaver/${w.id}`, tok);
+      await srv.stop();
+    }
+    return;
+  }
   // 1. build time
   let t0 = performance.now();
   const b = await run(process.execPath, [SERVER_BIN, 'admin', 'build-image'], { env: { ...process.env, LOOM_DATA_DIR: dataDir }, timeoutMs: 3_600_000 });
@@ -112,17 +128,17 @@ async function throughput(srv: TestServer, tok: string): Promise<void> {
     await waitUntil(async () => ((await srv.api<{ status: string }>('GET', `/api/weaver/${w.body.id}`, tok)).body.status === 'running' ? true : null), 'running', 60_000);
     const execMs = async (command: string[]) => {
       const s = performance.now();
-      const r = await srv.api<{ exit_code: number; stderr: string }>('POST', `/api/weaver/${w.body.id}/exec`, tok, { command, timeout_secs: 600 });
-      if (r.body.exit_code !== 0) throw new Error(`${command.join(' ')}: ${r.body.stderr}`);
+      const r = await srv.api<{ exit_code: number; stderr: string }>('POST', `/api/weaver/${w.body.id}/exec`, tok, { command, timeout_secs: 300 });
+      if (r.body.exit_code !== 0) throw new Error(`${command.join(' ')}: ${r.status} ${JSON.stringify(r.body)}`);
       return performance.now() - s;
     };
     const overhead = await execMs(['true']);
     const slirpMs = (await execMs(['wget', '-q', '-O', '/dev/null', `http://198.51.100.250:${port}/`])) - overhead;
     let s = performance.now();
-    execFileSync('busybox', ['wget', '-q', '-O', '/dev/null', `http://127.0.0.1:${lport}/`]);
+    await execFileP('busybox', ['wget', '-q', '-O', '/dev/null', `http://127.0.0.1:${lport}/`]); // async: the server is in this process
     const loMs = performance.now() - s;
     s = performance.now();
-    execFileSync('busybox', ['wget', '-q', '-O', '/dev/null', `http://198.51.100.250:${port}/`]);
+    await execFileP('busybox', ['wget', '-q', '-O', '/dev/null', `http://198.51.100.250:${port}/`]);
     const vethMs = performance.now() - s;
     const mbps = (ms: number) => MIB / (ms / 1000);
     console.log(`download ${MIB} MiB (busybox wget): weaver via slirp4netns ${mbps(slirpMs).toFixed(0)} MiB/s, host loopback ${mbps(loMs).toFixed(0)} MiB/s, ratio ${ratio(mbps(slirpMs), mbps(loMs))} (host via the veth: ${mbps(vethMs).toFixed(0)} MiB/s)`);
