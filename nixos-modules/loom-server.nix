@@ -128,6 +128,8 @@ in
         message = "services.loom-server.weaver.defaultTtlHours must not exceed maxTtlHours"; }
       { assertion = !cfg.weaver.audit.enable || cfg.weaver.backend != "kubernetes" || cfg.weaver.audit.image != null;
         message = "services.loom-server.weaver.audit.image must be set when weaver.audit.enable is true on the kubernetes backend"; }
+      { assertion = !cfg.weaver.audit.enable || cfg.weaver.backend != "kubernetes" || cfg.weaver.audit.serverUrl != null;
+        message = "services.loom-server.weaver.audit.serverUrl must be set when weaver.audit.enable is true on the kubernetes backend"; }
       { assertion = !cfg.weaver.enable || cfg.weaver.backend != "kubernetes" || withK3s || cfg.weaver.kubeconfigPath != null;
         message = "services.loom-server: backend = \"kubernetes\" needs weaver.kubeconfigPath (or services.loom-k3s on this host)"; }
     ];

@@ -74,6 +74,8 @@ export interface WeaverConfig {
     bufferMaxBytes: number;
     metricsPort: number;
     healthPort: number;
+    /** kubernetes: the URL weaver pods' audit sidecars deliver to */
+    serverUrl: string;
     retentionDays: number;
     maxEventsPerWeaver: number;
   };
@@ -253,6 +255,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
         bufferMaxBytes: get<number>('LOOM_SERVER_WEAVER_AUDIT_BUFFER_MAX_BYTES'),
         metricsPort: get<number>('LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT'),
         healthPort: get<number>('LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT'),
+        serverUrl: get<string>('LOOM_SERVER_WEAVER_AUDIT_SERVER_URL'),
         retentionDays: get<number>('LOOM_SERVER_WEAVER_AUDIT_RETENTION_DAYS'),
         maxEventsPerWeaver: get<number>('LOOM_SERVER_WEAVER_AUDIT_MAX_EVENTS_PER_WEAVER'),
       },
@@ -318,6 +321,9 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
   if (badCidr !== undefined) throw new ConfigError('LOOM_SERVER_WEAVER_K8S_INTERNAL_CIDRS', `${JSON.stringify(badCidr)} (accepts comma-separated CIDRs such as 10.0.0.0/8,fc00::/7)`);
   if (cfg.weaver.audit.enabled && cfg.weaver.backend === 'kubernetes' && !cfg.weaver.audit.image) {
     throw new ConfigError('LOOM_SERVER_WEAVER_AUDIT_IMAGE', 'must be set when LOOM_SERVER_WEAVER_AUDIT_ENABLED is true on the kubernetes backend');
+  }
+  if (cfg.weaver.audit.enabled && cfg.weaver.backend === 'kubernetes' && !cfg.weaver.audit.serverUrl) {
+    throw new ConfigError('LOOM_SERVER_WEAVER_AUDIT_SERVER_URL', 'must be set when LOOM_SERVER_WEAVER_AUDIT_ENABLED is true on the kubernetes backend (the URL weaver pods reach loom-server at)');
   }
   return cfg;
 }
