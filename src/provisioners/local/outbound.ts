@@ -63,7 +63,9 @@ export function outboundRuleset(o: { allowed: string[]; host: { v4: string[]; v6
       set('allowed6', 'ipv6_addr', allowed6),
     '  chain output {',
     '    type filter hook output priority 0; policy accept;',
-    '    oifname "lo" accept',
+    // Only what leaves through slirp is filtered: the weaver's own loopback and interfaces other
+    // features add (a tunnel endpoint's ULA) are not the way to the host or the internet.
+    '    oifname != "tap0" accept',
     `    ip daddr ${SLIRP_DNS} udp dport 53 accept`,
     `    ip daddr ${SLIRP_DNS} tcp dport 53 accept`,
     // slirp's gateway is the host's loopback: never, whatever is allowed
