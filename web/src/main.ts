@@ -56,7 +56,7 @@ function nav(): void {
   if (!session) return;
   const s = session;
   const orgSel = h('select', { id: 'org', 'aria-label': 'Organisation' });
-  for (const o of s.orgs) orgSel.append(h('option', { value: o.id, selected: o.id === s.org.id }, o.is_personal ? `${o.name} (personal)` : o.name));
+  for (const o of s.orgs) orgSel.append(h('option', { value: o.id, selected: o.id === s.org.id }, o.is_personal && !/personal/i.test(o.name) ? `${o.name} (personal)` : o.name));
   orgSel.addEventListener('change', () => s.selectOrg(orgSel.value));
   const signOut = h('button', { type: 'button', class: 'link' }, 'Sign out');
   signOut.addEventListener('click', () => {

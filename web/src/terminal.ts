@@ -22,7 +22,7 @@ export function terminalPage(main: HTMLElement, _s: Session, id: string): Page {
     h('p', { class: 'toolbar' }, h('a', { href: '#/', class: 'button small' }, 'Back to weavers'), copy, paste, h('a', { href: `#/audit/${id}`, class: 'button small' }, 'Audit')),
     status,
     host,
-    h('p', { class: 'hint' }, 'Ctrl+Shift+C copies the selection, Ctrl+Shift+V pastes. Tab goes to the terminal; Ctrl+Shift+Tab leaves it… or use the buttons above.'),
+    h('p', { class: 'hint' }, 'Ctrl+Shift+C copies the selection, Ctrl+Shift+V pastes, Ctrl+Shift+L leaves the terminal (Tab and Escape go to the shell).'),
   );
 
   const term = new Terminal({ cursorBlink: true, scrollback: 5000, fontSize: 15, fontFamily: 'ui-monospace, "DejaVu Sans Mono", monospace', allowProposedApi: false });
@@ -46,7 +46,12 @@ export function terminalPage(main: HTMLElement, _s: Session, id: string): Page {
   const send = (data: string | Uint8Array) => {
     if (ws?.readyState === WebSocket.OPEN) ws.send(data);
   };
-  const sendSize = () => send(JSON.stringify({ type: 'resize', cols: term.cols, rows: term.rows }));
+  const sendSize = () => {
+    // the size the server was told, also for tests and assistive tools
+    host.dataset['cols'] = String(term.cols);
+    host.dataset['rows'] = String(term.rows);
+    send(JSON.stringify({ type: 'resize', cols: term.cols, rows: term.rows }));
+  };
 
   term.onData((d) => send(enc.encode(d)));
   term.onResize(sendSize);
@@ -60,7 +65,7 @@ export function terminalPage(main: HTMLElement, _s: Session, id: string): Page {
       void navigator.clipboard?.readText().then((t) => term.paste(t));
       return false;
     }
-    if (e.key === 'Tab') {
+    if (e.code === 'KeyL') {
       copy.focus();
       return false;
     }
