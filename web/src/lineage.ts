@@ -26,10 +26,11 @@ export function lineagePage(main: HTMLElement, s: Session, selected?: string): P
   const error = h('p', { class: 'error', role: 'alert', id: 'lineage-error' });
   const figure = h('figure', { class: 'lineage', id: 'lineage' });
   const detail = h('section', { class: 'card', id: 'node-detail', 'aria-live': 'polite' });
-  const legend = h('p', { class: 'legend' }, 'Lines join a snapshot to the snapshots taken on top of it and to the weavers and containers made from it. ', h('span', { class: 'mark pinned' }, 'pinned'), ' ', h('span', { class: 'mark expiring' }, 'expires'), ' ', h('span', { class: 'mark in-use' }, 'in use'));
+  const legend = h('p', { class: 'legend' }, 'Solid lines join a weaver or container to the snapshots taken of it (and a snapshot to the snapshots taken on top of it); dashed lines join a snapshot to the weavers and containers made from it. ', h('span', { class: 'mark pinned' }, 'pinned'), ' ', h('span', { class: 'mark expiring' }, 'expires'), ' ', h('span', { class: 'mark in-use' }, 'in use'));
   clear(main, h('h1', {}, 'Lineage'), legend, error, figure, detail);
   let stopped = false;
   let shown = false;
+  let lastWeavers: Weaver[] = [];
 
   async function load(): Promise<void> {
     const [snaps, weavers, containers] = await Promise.all([
@@ -40,6 +41,7 @@ export function lineagePage(main: HTMLElement, s: Session, selected?: string): P
     // The lineage API names the weavers made from each snapshot (also ones no longer listed).
     const lineages = await Promise.all(snaps.map((x) => api<Lineage>('GET', `/api/snapshots/${x.snapshot_id}/lineage`)));
     if (stopped) return;
+    lastWeavers = weavers;
     draw(build(snaps, weavers, containers, lineages));
   }
 
@@ -49,6 +51,24 @@ export function lineagePage(main: HTMLElement, s: Session, selected?: string): P
     const madeFrom = new Map<string, { id: string; status: string }[]>();
     for (const l of lineages) madeFrom.set(l.snapshot_id, l.weavers ?? []);
     const weaverById = new Map(weavers.map((w) => [w.id, w]));
+        const sourceIds = new Set(snaps.map((x) => x.container_id));
+
+    // Weavers and containers: those made from a snapshot, and those a snapshot was taken of.
+    const addWeaver = (id: string, status: string, parentSnap: string | null) => {
+      if (nodes.has(`w:${id}`)) return;
+      const w = weaverById.get(id);
+      nodes.set(`w:${id}`, {
+        key: `w:${id}`, kind: 'weaver', id, label: `weaver ${short(id)}${w ? ` · ${w.image}` : ''}`, marks: [status],
+        parent: parentSnap ? `s:${parentSnap}` : null, children: [], href: status === 'running' ? `#/weaver/${id}` : `#/audit/${id}`,
+      });
+    };
+    for (const [sid, made] of madeFrom) for (const m of made) addWeaver(m.id, m.status, sid);
+    for (const w of weavers) if (w.snapshot_id || sourceIds.has(w.id)) addWeaver(w.id, w.status, w.snapshot_id ?? null);
+    for (const c of containers) {
+      if (!c.source_snapshot_id && !sourceIds.has(c.id)) continue;
+      nodes.set(`c:${c.id}`, { key: `c:${c.id}`, kind: 'container', id: c.id, label: `container ${c.name} (${short(c.id)})`, marks: [c.status], parent: c.source_snapshot_id ? `s:${c.source_snapshot_id}` : null, children: [] });
+    }
+
     for (const x of snaps) {
       const made = madeFrom.get(x.snapshot_id) ?? [];
       const inUse = made.some((w) => LIVE.has(w.status)) || containers.some((c) => c.source_snapshot_id === x.snapshot_id && LIVE.has(c.status));
@@ -57,42 +77,22 @@ export function lineagePage(main: HTMLElement, s: Session, selected?: string): P
       if (x.expires_at) marks.push(`expires in ${duration(Date.parse(x.expires_at) - now)}`);
       if (inUse) marks.push('in use');
       if (x.status !== 'ready') marks.push(x.status);
-      const src = weaverById.get(x.container_id);
+      const ofWeaver = x.source_kind === 'weaver' || weaverById.has(x.container_id);
+      // A snapshot descends from its parent snapshot when the server records one (container
+      // clones); a weaver's layer snapshot descends from the weaver it was taken of, which in turn
+      // hangs under the snapshot it was made from: snapshot → weaver → snapshot → …
+      const source = ofWeaver ? `w:${x.container_id}` : `c:${x.container_id}`;
+      const parent = x.parent_snapshot_id ? `s:${x.parent_snapshot_id}` : nodes.has(source) ? source : null;
       nodes.set(`s:${x.snapshot_id}`, {
         key: `s:${x.snapshot_id}`,
         kind: 'snapshot',
         id: x.snapshot_id,
-        label: `snapshot ${short(x.snapshot_id)}${src || x.source_kind === 'weaver' ? ` of weaver ${short(x.container_id)}` : ` of container ${short(x.container_id)}`}`,
+        label: `snapshot ${short(x.snapshot_id)} of ${ofWeaver ? 'weaver' : 'container'} ${short(x.container_id)}`,
         marks,
-        parent: x.parent_snapshot_id ? `s:${x.parent_snapshot_id}` : null,
+        parent,
         children: [],
         href: `#/lineage/${x.snapshot_id}`,
       });
-    }
-    const seenWeavers = new Set<string>();
-    for (const [sid, made] of madeFrom) {
-      for (const m of made) {
-        const w = weaverById.get(m.id);
-        seenWeavers.add(m.id);
-        nodes.set(`w:${m.id}`, {
-          key: `w:${m.id}`,
-          kind: 'weaver',
-          id: m.id,
-          label: `weaver ${short(m.id)}${w ? ` · ${w.image}` : ''}`,
-          marks: [m.status],
-          parent: `s:${sid}`,
-          children: [],
-          href: m.status === 'running' ? `#/weaver/${m.id}` : `#/audit/${m.id}`,
-        });
-      }
-    }
-    for (const w of weavers) {
-      if (seenWeavers.has(w.id) || !w.snapshot_id || !nodes.has(`s:${w.snapshot_id}`)) continue;
-      nodes.set(`w:${w.id}`, { key: `w:${w.id}`, kind: 'weaver', id: w.id, label: `weaver ${short(w.id)} · ${w.image}`, marks: [w.status], parent: `s:${w.snapshot_id}`, children: [], href: `#/weaver/${w.id}` });
-    }
-    for (const c of containers) {
-      if (!c.source_snapshot_id || !nodes.has(`s:${c.source_snapshot_id}`)) continue;
-      nodes.set(`c:${c.id}`, { key: `c:${c.id}`, kind: 'container', id: c.id, label: `container ${c.name} (${short(c.id)})`, marks: [c.status], parent: `s:${c.source_snapshot_id}`, children: [] });
     }
     const roots: Node[] = [];
     for (const n of nodes.values()) {
@@ -102,6 +102,21 @@ export function lineagePage(main: HTMLElement, s: Session, selected?: string): P
         n.parent = null;
         roots.push(n);
       }
+    }
+    // Guard against a cycle in hostile or odd data: anything not reachable from a root is a root.
+    const reached = new Set<Node>();
+    const mark = (n: Node) => {
+      if (reached.has(n)) return;
+      reached.add(n);
+      n.children.forEach(mark);
+    };
+    roots.forEach(mark);
+    for (const n of nodes.values()) if (!reached.has(n)) {
+      const p = n.parent ? nodes.get(n.parent) : undefined;
+      if (p) p.children = p.children.filter((c) => c !== n);
+      n.parent = null;
+      roots.push(n);
+      mark(n);
     }
     const order = (a: Node, b: Node) => (a.kind === b.kind ? a.id.localeCompare(b.id) : a.kind === 'snapshot' ? 1 : -1);
     for (const n of nodes.values()) n.children.sort(order);
@@ -120,7 +135,7 @@ export function lineagePage(main: HTMLElement, s: Session, selected?: string): P
       return;
     }
     const maxDepth = Math.max(...rows.map((r) => r.depth));
-    const width = 24 + maxDepth * INDENT + 520;
+    const width = 24 + maxDepth * INDENT + Math.max(...rows.map((r) => (r.n.label.length + r.n.marks.join('    ').length + 4) * 9.2));
     const height = rows.length * ROW + 8;
     const index = new Map(rows.map((r, i) => [r.n.key, i]));
     const root = svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'group', 'aria-label': 'Snapshot lineage tree', class: 'tree' });
@@ -144,14 +159,16 @@ export function lineagePage(main: HTMLElement, s: Session, selected?: string): P
     rows.forEach((r, i) => {
       const n = r.n;
       const marks = n.marks.filter(Boolean);
-      const text = svg('text', { x: x(r.depth) + 14, y: y(i) + 5, class: 'label' }, n.label);
-      let mx = x(r.depth) + 14 + n.label.length * 8.2 + 10;
-      const markEls = marks.map((m) => {
-        const cls = m === 'pinned' ? 'pinned' : m.startsWith('expires') ? 'expiring' : m === 'in use' ? 'in-use' : `st-${m}`;
-        const g = svg('text', { x: mx, y: y(i) + 5, class: `mark-text ${cls}` }, `[${m}]`);
-        mx += m.length * 8 + 26;
-        return g;
-      });
+      // Marks flow after the label in the same text element, so they never overlap it.
+      const text = svg(
+        'text',
+        { x: x(r.depth) + 14, y: y(i) + 5, class: 'label' },
+        n.label,
+        ...marks.map((m) => {
+          const cls = m === 'pinned' ? 'pinned' : m.startsWith('expires') ? 'expiring' : m === 'in use' ? 'in-use' : `st-${m}`;
+          return svg('tspan', { dx: 10, class: `mark-text ${cls}` }, `[${m}]`);
+        }),
+      );
       const shape =
         n.kind === 'snapshot'
           ? svg('rect', { x: x(r.depth) - 7, y: y(i) - 7, width: 14, height: 14, rx: 2, class: `dot d-${n.kind}${selected === n.id ? ' selected' : ''}` })
@@ -169,7 +186,6 @@ export function lineagePage(main: HTMLElement, s: Session, selected?: string): P
         svg('title', {}, `${n.label}${marks.length ? ` — ${marks.join(', ')}` : ''}`),
         shape,
         text,
-        ...markEls,
       );
       if (n.kind === 'container') g.addEventListener('click', (e) => (e.preventDefault(), showContainer(n)));
       root.append(g);
@@ -177,12 +193,20 @@ export function lineagePage(main: HTMLElement, s: Session, selected?: string): P
     const focusedKey = document.activeElement instanceof Element ? document.activeElement.closest('[data-key]')?.getAttribute('data-key') : null;
     const wrap = h('div', { class: 'tree-wrap', tabindex: 0, 'aria-label': 'Lineage picture (scrolls sideways)' });
     wrap.append(root);
-    clear(figure, wrap, h('figcaption', {}, `${rows.filter((r) => r.n.kind === 'snapshot').length} snapshots, ${rows.filter((r) => r.n.kind !== 'snapshot').length} weavers and containers made from them.`));
+    clear(figure, wrap, h('figcaption', {}, `${rows.filter((r) => r.n.kind === 'snapshot').length} snapshots, ${rows.filter((r) => r.n.kind !== 'snapshot').length} weavers and containers.`));
     if (focusedKey) root.querySelector<SVGAElement>(`[data-key="${CSS.escape(focusedKey)}"]`)?.focus();
     if (selected && !shown) {
       shown = true;
       void showSnapshot(selected);
     }
+  }
+
+  /** The parent snapshot, or for a weaver's snapshot the snapshot that weaver was made from. */
+  function descent(snap: Snapshot): (string | HTMLElement)[] {
+    const link = (id: string) => h('a', { href: `#/lineage/${id}` }, `snapshot ${short(id)}`);
+    if (snap.parent_snapshot_id) return [link(snap.parent_snapshot_id)];
+    const from = lastWeavers.find((w) => w.id === snap.container_id)?.snapshot_id;
+    return from ? [`weaver ${short(snap.container_id)}, made from `, link(from)] : ['nothing (a first generation)'];
   }
 
   function showContainer(n: Node): void {
@@ -206,7 +230,10 @@ export function lineagePage(main: HTMLElement, s: Session, selected?: string): P
         run()
           .then((to) => {
             if (to) location.hash = to;
-            else void load();
+            else {
+              void load();
+              void showSnapshot(id);
+            }
           })
           .catch((x: unknown) => (msg.textContent = x instanceof Error ? x.message : String(x)));
       });
@@ -221,8 +248,8 @@ export function lineagePage(main: HTMLElement, s: Session, selected?: string): P
         {},
         h('dt', {}, 'Taken of'),
         h('dd', {}, `${snap.source_kind} ${snap.container_id}`),
-        h('dt', {}, 'Parent'),
-        h('dd', {}, snap.parent_snapshot_id ? h('a', { href: `#/lineage/${snap.parent_snapshot_id}` }, short(snap.parent_snapshot_id)) : 'none'),
+        h('dt', {}, 'Descends from'),
+        h('dd', {}, ...descent(snap)),
         h('dt', {}, 'Created'),
         h('dd', {}, new Date(snap.created_at).toLocaleString()),
         h('dt', {}, 'Pinned'),

@@ -88,6 +88,11 @@ export function terminalPage(main: HTMLElement, _s: Session, id: string): Page {
     let ticket: { ticket: string };
     try {
       const w = await api<Weaver>('GET', `/api/weaver/${encodeURIComponent(id)}`);
+      if (w.status === 'pending') {
+        say('Waiting for the weaver to start…', 'warn');
+        retry = setTimeout(() => void connect(), 1000);
+        return;
+      }
       if (w.status !== 'running') {
         ended = true;
         return say(`Weaver is ${w.status}${w.exit_code !== undefined ? ` (exit code ${w.exit_code})` : ''}${w.reason ? `: ${w.reason}` : ''}.`, 'error');
