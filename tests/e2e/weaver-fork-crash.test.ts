@@ -37,8 +37,10 @@ t.test('a weaver snapshot interrupted by kill -9 leaves no frozen weaver and no 
   const snap = await srv.api<Op>('POST', `/api/weaver/${w.body.id}/snapshot`, tok, { consistency_mode: 'app-consistent' });
   t.equal(snap.status, 202);
   const sid = snap.body.snapshot_id!;
+  // the weaver is frozen first, then its layer is copied; the test delay holds the operation after the copy
   await waitUntil(async () => runcState(dataDir, w.body.id) === 'paused', 'weaver frozen during the snapshot');
-  t.ok(layerKeys(dataDir).includes(`snapshot/${sid}`), 'the layer was copied before the kill');
+  await waitUntil(async () => layerKeys(dataDir).includes(`snapshot/${sid}`), 'the layer copied while the weaver is frozen');
+  t.equal(runcState(dataDir, w.body.id), 'paused', 'still frozen after the copy (held by the test delay)');
   await srv.stop('SIGKILL');
   t.equal(runcState(dataDir, w.body.id), 'paused', 'the crash left it frozen');
 

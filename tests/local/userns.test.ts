@@ -4,6 +4,7 @@
  * looked at from the host, the container's init and the files it writes belong to that range.
  */
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, tempDir } from '../support/server.js';
@@ -52,6 +53,16 @@ t.test('a weaver runs in a user namespace mapped to the configured host range', 
   t.same([onHost.uid, onHost.gid], [BASE + 1000, BASE + 1000], 'on the host the file belongs to base+1000');
   const shOnHost = statSync(`/proc/${pid}/root/bin/busybox`, { throwIfNoEntry: false }) ?? statSync(`/proc/${pid}/root/bin/sh`);
   t.equal(shOnHost.uid, BASE, "the image's files belong to the namespace's root (base) on the host, not to root");
+
+  // The namespace's root may search the data dir (to reach its layers); it must not read the database.
+  for (const f of ['loom.db', 'loom.db-wal', 'loom.db-shm']) {
+    const path = join(srv.dataDir, f);
+    if (!existsSync(path)) continue;
+    t.equal(statSync(path).mode & 0o777, 0o600, `${f} is owner-only`);
+    const r = spawnSync('setpriv', ['--reuid', String(BASE), '--regid', String(BASE), '--clear-groups', 'head', '-c', '1', path], { encoding: 'utf8' });
+    t.not(r.status, 0, `the namespace's root (host uid ${BASE}) cannot read ${f}`);
+    t.match(r.stderr, /Permission denied/, `refused for permission, not absence: ${r.stderr.trim()}`);
+  }
 });
 
 t.test('the OCI spec, hostId and the ownership shift', async (t) => {

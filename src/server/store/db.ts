@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { accessSync, constants, mkdirSync } from 'node:fs';
+import { accessSync, chmodSync, closeSync, constants, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { LoomError, errorMessage } from '../../common/errors.js';
 
@@ -29,14 +29,26 @@ export function openDatabase(dataDir: string): Db {
     throw new LoomError(500, 'data_dir_unusable', `data dir ${dataDir} is not writable: ${errorMessage(e)}`);
   }
   let db: Db;
+  const file = join(dataDir, 'loom.db');
   try {
-    db = new Database(join(dataDir, 'loom.db'));
+    // Owner-only: weavers' mapped root has search rights on the data dir (to reach its layers), so
+    // a world-readable database would be readable by name from an escaped container. SQLite gives
+    // the -wal and -shm files the database's own mode; older data dirs are narrowed here too.
+    closeSync(openSync(file, 'a', 0o600));
+    for (const f of [file, `${file}-wal`, `${file}-shm`]) {
+      try {
+        chmodSync(f, 0o600);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
+    }
+    db = new Database(file);
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = NORMAL');
     db.pragma('foreign_keys = ON');
     db.pragma('busy_timeout = 5000');
   } catch (e) {
-    throw new LoomError(500, 'data_dir_unusable', `cannot open ${join(dataDir, 'loom.db')}: ${errorMessage(e)}`);
+    throw new LoomError(500, 'data_dir_unusable', `cannot open ${file}: ${errorMessage(e)}`);
   }
   db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
     component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL, applied_at TEXT NOT NULL,
