@@ -74,15 +74,22 @@ export function auditPage(main: HTMLElement, _s: Session, id: string): Page {
   async function load(): Promise<void> {
     error.textContent = '';
     const events: AuditEvent[] = [];
+    let gaps: AuditEvent[] = [];
     let cursor: string | null = null;
     let pages = 0;
     do {
       const q = new URLSearchParams({ limit: String(PAGE) });
       if (cursor) q.set('cursor', cursor);
-      const page: { events: AuditEvent[]; next_cursor: string | null } = await api('GET', `/api/weaver/${encodeURIComponent(id)}/audit?${q}`);
+      const page: { events: AuditEvent[]; gaps?: AuditEvent[]; next_cursor: string | null } = await api('GET', `/api/weaver/${encodeURIComponent(id)}/audit?${q}`);
       events.push(...page.events);
+      gaps = page.gaps ?? [];
       cursor = page.next_cursor;
     } while (cursor && ++pages < MAX_PAGES);
+    // Every gap in the range is marked, also one beyond the pages shown.
+    const key = (e: AuditEvent) => `${e.boot_id}:${e.seq}`;
+    const have = new Set(events.map(key));
+    for (const g of gaps) if (!have.has(key(g))) events.push(g);
+    events.sort((a, b) => (BigInt(a.timestamp_ns) < BigInt(b.timestamp_ns) ? -1 : BigInt(a.timestamp_ns) > BigInt(b.timestamp_ns) ? 1 : 0));
     render(events, cursor !== null);
   }
 
