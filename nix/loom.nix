@@ -21,6 +21,8 @@
 , libbpf
 , elfutils
 , zlib
+, openssl
+, lwip
 , linuxPackages_latest
 }:
 let
@@ -60,7 +62,9 @@ buildNpmPackage {
   # ebpf/: the unwrapped clang (the wrapper's hardening flags do not apply to -target bpf),
   # bpftool for vmlinux.h and the skeletons, libbpf/libelf/zlib for the addon.
   nativeBuildInputs = [ python3 pkg-config makeWrapper llvmPackages.clang-unwrapped llvmPackages.llvm bpftools ];
-  buildInputs = [ libbpf elfutils zlib ];
+  # openssl: the WireGuard addon's headers where Node is built with a shared OpenSSL (as nixpkgs
+  # builds it); lwip: the rootless client's userspace TCP/IP stack (the loom_usernet addon).
+  buildInputs = [ libbpf elfutils zlib openssl lwip ];
   env = {
     npm_config_build_from_source = "true";
     npm_config_nodedir = "${nodejs_20}";

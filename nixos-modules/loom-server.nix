@@ -81,7 +81,7 @@ let
     openFirewall = lib.mkOption {
       type = lib.types.bool;
       default = false;
-      description = "Open the TCP port of listenAddress in the firewall.";
+      description = "Open the TCP port of listenAddress (and the UDP port of tunnel.udpAddress when set) in the firewall.";
     };
 
     user = lib.mkOption {
@@ -100,12 +100,12 @@ let
       type = lib.types.listOf lib.types.package;
       default =
         if local then
-          with pkgs; [ runc crun conmon skopeo umoci git btrfs-progs xfsprogs util-linux slirp4netns busyboxStatic ]
+          with pkgs; [ runc crun conmon skopeo umoci git btrfs-progs xfsprogs util-linux slirp4netns busyboxStatic wireguard-go wireguard-tools iproute2 ]
         else
           [ pkgs.git ];
       defaultText = lib.literalExpression ''
         if weaver.backend == "local"
-        then [ runc crun conmon skopeo umoci git btrfs-progs xfsprogs util-linux slirp4netns busybox(static binary) ]
+        then [ runc crun conmon skopeo umoci git btrfs-progs xfsprogs util-linux slirp4netns busybox(static binary) wireguard-go wireguard-tools iproute2 ]
         else [ git ]'';
       description = "Packages on the unit's PATH (the local backend runs these tools).";
     };
@@ -128,6 +128,8 @@ in
         message = "services.loom-server.weaver.defaultTtlHours must not exceed maxTtlHours"; }
       { assertion = !cfg.weaver.audit.enable || cfg.weaver.backend != "kubernetes" || cfg.weaver.audit.image != null;
         message = "services.loom-server.weaver.audit.image must be set when weaver.audit.enable is true on the kubernetes backend"; }
+      { assertion = !cfg.weaver.audit.enable || cfg.weaver.backend != "kubernetes" || cfg.weaver.audit.serverUrl != null;
+        message = "services.loom-server.weaver.audit.serverUrl must be set when weaver.audit.enable is true on the kubernetes backend"; }
       { assertion = !cfg.weaver.enable || cfg.weaver.backend != "kubernetes" || withK3s || cfg.weaver.kubeconfigPath != null;
         message = "services.loom-server: backend = \"kubernetes\" needs weaver.kubeconfigPath (or services.loom-k3s on this host)"; }
     ];
@@ -156,6 +158,8 @@ in
     environment.systemPackages = [ cfg.package adminWrapper ];
 
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ unit.port ];
+    # The WireGuard gateway's UDP port (tunnel.udpAddress), when it is on.
+    networking.firewall.allowedUDPPorts = lib.mkIf (cfg.openFirewall && cfg.tunnel.udpAddress != null && cfg.tunnel.udpAddress != "") [ (env.portOf cfg.tunnel.udpAddress) ];
 
     # With loom-k3s on the same host: KUBECONFIG defaults to the kubeconfig of the namespaced
     # account it creates for loom-server (never k3s' cluster-admin file), and the pull secret it

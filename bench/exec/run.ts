@@ -6,7 +6,9 @@
  *   - file upload/download (PUT/GET /files) vs `cat` through the same exec WebSocket.
  * Run as root after `npm run build`:  npx tsx bench/exec/run.ts [reps=100] [MiB=256]
  */
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { startServer } from '../../tests/support/server.js';
@@ -29,7 +31,8 @@ function runc(root: string, args: string[], sink?: (b: Buffer) => void): Promise
 
 async function main(): Promise<void> {
   const srv = await startServer();
-  const loom = new LoomClient({ serverUrl: srv.url, token: await srv.token('bench') });
+  const token = await srv.token('bench');
+  const loom = new LoomClient({ serverUrl: srv.url, token });
   const root = `${srv.dataDir}/local/runc`;
   let id = '';
   try {
@@ -90,6 +93,20 @@ async function main(): Promise<void> {
     console.log(`file transfer (${MIB} MiB, loopback)`);
     console.log(`  upload   PUT /files ${f1(mbs(upMs))} MiB/s   cat through exec ${f1(mbs(catUpMs))} MiB/s   ratio ${(mbs(upMs) / mbs(catUpMs)).toFixed(2)}x   (target >= 200 MB/s)`);
     console.log(`  download GET /files ${f1(mbs(downMs))} MiB/s   cat through exec ${f1(mbs(catDownMs))} MiB/s   ratio ${(mbs(downMs) / mbs(catDownMs)).toFixed(2)}x`);
+
+    // 3. the same PUT/GET with curl as the client: the server's own rate, without Node on both ends.
+    const local = `${srv.dataDir}/bench-upload.bin`;
+    writeFileSync(local, Buffer.concat(Array.from({ length: MIB }, () => chunk)));
+    const curl = (args: string[]) => promisify(execFile)('curl', ['-sS', '-f', '-o', '/dev/null', '-H', `authorization: Bearer ${token}`, ...args]);
+    const url = `${srv.url}/api/weaver/${id}/files?path=/workspace/bench-curl.bin`;
+    t0 = performance.now();
+    await curl(['-T', local, '-H', 'content-type: application/octet-stream', url]);
+    const curlUpMs = performance.now() - t0;
+    t0 = performance.now();
+    await curl([url]);
+    const curlDownMs = performance.now() - t0;
+    rmSync(local, { force: true });
+    console.log(`  with curl as the client: upload ${f1(mbs(curlUpMs))} MiB/s   download ${f1(mbs(curlDownMs))} MiB/s`);
 
     // 4. stdout throughput: the file written above, read by `cat` over the WebSocket and by runc directly.
     let rawGot = 0;

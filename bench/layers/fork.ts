@@ -19,7 +19,13 @@ import type { WeaverSpec } from '../../src/weaver/provisioner.js';
 
 const N = Number(process.argv[2] ?? 20);
 const dataDir = mkdtempSync(join(tmpdir(), 'loom-bench-fork-'));
-const p = new LocalProvisioner({ dataDir, log: pino({ level: 'silent' }), stopGraceMs: 100 });
+// The provisioner's 'weaver running' line carries where each start spent its time (phases).
+const phases = new Map<string, Record<string, number>>();
+const sink = { write(line: string) {
+  const j = JSON.parse(line) as { msg?: string; weaver?: string; phases?: Record<string, number> };
+  if (j.msg === 'weaver running' && j.weaver && j.phases) phases.set(j.weaver, j.phases);
+} };
+const p = new LocalProvisioner({ dataDir, log: pino({ level: 'info' }, sink), stopGraceMs: 100 });
 
 const pct = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!;
 
@@ -38,11 +44,12 @@ function running(id: string): Promise<void> {
   });
 }
 
-async function fork(parent: string): Promise<{ running: number; firstByte: number }> {
+async function fork(parent: string): Promise<{ running: number; firstByte: number; snapshot: number; id: string }> {
   const sid = randomUUID();
   const s = spec({ fromSnapshot: sid });
   const t0 = performance.now();
   await p.snapshot(parent, sid, { freeze: false });
+  const tSnap = performance.now() - t0;
   const up = running(s.id);
   await p.create(s);
   await up;
@@ -56,7 +63,7 @@ async function fork(parent: string): Promise<{ running: number; firstByte: numbe
   term.close();
   await p.delete(s.id);
   await p.removeSnapshot(sid);
-  return { running: t1 - t0, firstByte: t2 - t0 };
+  return { running: t1 - t0, firstByte: t2 - t0, snapshot: tSnap, id: s.id };
 }
 
 function runc(args: string[], fd?: number): Promise<number | null> {
@@ -99,10 +106,14 @@ try {
   const run: number[] = [];
   const byte: number[] = [];
   const fl: number[] = [];
+  const snap: number[] = [];
+  const ids: string[] = [];
   for (let i = 0; i < N; i++) {
     const r = await fork(parent.id);
     run.push(r.running);
     byte.push(r.firstByte);
+    snap.push(r.snapshot);
+    ids.push(r.id);
     fl.push(await floor(img.rootfs));
   }
   const row = (name: string, xs: number[]) => `${name.padEnd(40)} p50 ${pct(xs, 0.5).toFixed(1).padStart(7)} ms   p95 ${pct(xs, 0.95).toFixed(1).padStart(7)} ms`;
@@ -110,6 +121,10 @@ try {
   console.log(row('fork -> running', run));
   console.log(row('fork -> first attach byte', byte));
   console.log(row('floor: runc create + start', fl));
+  console.log('where fork -> running goes (p50 of each part):');
+  console.log(row('  snapshot of the parent layer', snap));
+  const names = [...new Set(ids.flatMap((id) => Object.keys(phases.get(id) ?? {})))];
+  for (const n of names) console.log(row(`  start: ${n}`, ids.map((id) => phases.get(id)?.[n] ?? 0)));
   console.log(`ratio p50: running ${(pct(run, 0.5) / pct(fl, 0.5)).toFixed(2)}x, first byte ${(pct(byte, 0.5) / pct(fl, 0.5)).toFixed(2)}x the floor; targets running <= 100 ms: ${pct(run, 0.5) <= 100 ? 'met' : 'NOT met'}, first byte <= 150 ms: ${pct(byte, 0.5) <= 150 ? 'met' : 'NOT met'}`);
 } finally {
   await p.delete(parent.id).catch(() => undefined);

@@ -38,25 +38,28 @@ try {
   unlinkSync(join(repo, 'src/m3/f1500.ts'));
   writeFileSync(join(repo, 'src/untracked.ts'), 'new\n');
 
-  const time = async (fn: (dest: string) => Promise<void> | void): Promise<number> => {
-    const samples: number[] = [];
-    for (let r = 0; r < reps; r++) {
-      const dest = join(root, `out-${r}-${Date.now()}`);
-      const t0 = performance.now();
-      await fn(dest);
-      samples.push(performance.now() - t0);
-      rmSync(dest, { recursive: true, force: true });
-    }
-    return samples.sort((a, b) => a - b)[Math.floor(samples.length / 2)]!;
-  };
+  // Samples are interleaved (ours, cp -a, clone, ours, …) and each starts after a `sync`, so none
+  // pays for the previous one's writeback or for a burst of load on the shared machine alone.
+  const samples: Record<'ours' | 'cpa' | 'clone', number[]> = { ours: [], cpa: [], clone: [] };
   let wsDir = '';
-  const ours = await time(async () => {
-    const r = await prepareWorkspace(repo, String(Date.now()), () => undefined);
-    wsDir = r.path;
-    rmSync(r.path, { recursive: true, force: true });
-  });
-  const cpa = await time((dest) => void sh(root, `cp -a ${repo} ${dest}`));
-  const clone = await time((dest) => void sh(root, `git clone -q ${repo} ${dest}`));
+  const runs: Record<'ours' | 'cpa' | 'clone', (dest: string) => Promise<string>> = {
+    ours: async () => (wsDir = (await prepareWorkspace(repo, String(Date.now()), () => undefined)).path),
+    cpa: async (dest) => (sh(root, `cp -a ${repo} ${dest}`), dest),
+    clone: async (dest) => (sh(root, `git clone -q ${repo} ${dest}`), dest),
+  };
+  for (let r = 0; r < reps; r++) {
+    for (const k of ['ours', 'cpa', 'clone'] as const) {
+      sh(root, 'sync');
+      const t0 = performance.now();
+      const out = await runs[k](join(root, `out-${k}-${r}`));
+      samples[k].push(performance.now() - t0);
+      rmSync(out, { recursive: true, force: true });
+    }
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const ours = median(samples.ours);
+  const cpa = median(samples.cpa);
+  const clone = median(samples.clone);
   const fmt = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
   console.log(`workspace preparation, ${files} tracked files + 2000 ignored, 5 dirty paths, median of ${reps} (${wsDir ? 'ok' : '?'})`);
   console.log(`  loom run --local workspace  ${fmt(ours)}`);

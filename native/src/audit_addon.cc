@@ -17,11 +17,13 @@
 #include <unistd.h>
 
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 
 extern "C" {
 #include "audit.h"
 #include "audit.skel.h"
+#include "audit_fentry.skel.h"
 #include "probe.skel.h"
 }
 
@@ -51,6 +53,16 @@ bool tracepoint_exists(const char *sec) {
   return access(path.c_str(), F_OK) == 0;
 }
 
+// fexit programs whose kernel function this kernel lacks (fchmodat2 < 6.6; the legacy syscalls
+// on arm64) are not loaded either: one missing target would fail the whole object's load.
+bool function_exists(const char *sec) {
+  const char *p = strchr(sec, '/');
+  if (!p || strncmp(sec, "fexit/", 6) != 0) return true;
+  static btf *vmlinux = btf__load_vmlinux_btf();
+  if (!vmlinux) return true;  // let the load report it
+  return btf__find_by_name_kind(vmlinux, p + 1, BTF_KIND_FUNC) >= 0;
+}
+
 class Audit : public Napi::ObjectWrap<Audit> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -61,35 +73,52 @@ class Audit : public Napi::ObjectWrap<Audit> {
                         InstanceMethod("ringUtilization", &Audit::RingUtilization), InstanceMethod("close", &Audit::Close)});
   }
 
-  // new AuditBpf({ ringBytes, ancestorLevels, sensitive: string[] })
+  // new AuditBpf({ family: 'tracepoint' | 'fentry', ringBytes, ancestorLevels, sensitive: string[] })
+  // Both families share the maps and the record layout; only how syscalls are hooked differs.
   explicit Audit(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Audit>(info) {
     Napi::Env env = info.Env();
     libbpf_set_print(silent_print);
     Napi::Object opts = info.Length() > 0 && info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
     uint32_t ring = opts.Has("ringBytes") ? opts.Get("ringBytes").As<Napi::Number>().Uint32Value() : (8u << 20);
     uint32_t levels = opts.Has("ancestorLevels") ? opts.Get("ancestorLevels").As<Napi::Number>().Uint32Value() : 0;
-    skel_ = audit_bpf__open();
-    if (!skel_) {
+    family_ = opts.Has("family") ? opts.Get("family").As<Napi::String>().Utf8Value() : "tracepoint";
+    if (family_ == "fentry") {
+      fe_ = audit_fentry_bpf__open();
+      if (fe_) fe_->rodata->ancestor_levels = levels, obj_ = fe_->obj;
+    } else if (family_ == "tracepoint") {
+      skel_ = audit_bpf__open();
+      if (skel_) skel_->rodata->ancestor_levels = levels, obj_ = skel_->obj;
+    } else {
+      Napi::Error::New(env, "audit: unknown hook family " + family_ + " (tracepoint or fentry)").ThrowAsJavaScriptException();
+      return;
+    }
+    if (!obj_) {
       Napi::Error::New(env, "audit: cannot open the BPF object: " + errstr(-errno)).ThrowAsJavaScriptException();
       return;
     }
-    skel_->rodata->ancestor_levels = levels;
-    int err = bpf_map__set_max_entries(skel_->maps.events, ring);
+    events_ = bpf_object__find_map_by_name(obj_, "events");
+    weavers_ = bpf_object__find_map_by_name(obj_, "weavers");
+    lost_ = bpf_object__find_map_by_name(obj_, "lost");
+    sensitive_ = bpf_object__find_map_by_name(obj_, "sensitive");
+    int err = bpf_map__set_max_entries(events_, ring);
     if (err) {
+      Shutdown();  // a refused family leaves nothing open behind it
       Napi::Error::New(env, "audit: bad ring buffer size (a power of two of at least a page): " + errstr(err)).ThrowAsJavaScriptException();
       return;
     }
     ring_bytes_ = ring;
     bpf_program *prog;
-    bpf_object__for_each_program(prog, skel_->obj) {
-      if (!tracepoint_exists(bpf_program__section_name(prog))) {
+    bpf_object__for_each_program(prog, obj_) {
+      const char *sec = bpf_program__section_name(prog);
+      if (!tracepoint_exists(sec) || !function_exists(sec)) {
         bpf_program__set_autoload(prog, false);
         skipped_.push_back(bpf_program__name(prog));
       }
     }
-    err = audit_bpf__load(skel_);
+    err = fe_ ? audit_fentry_bpf__load(fe_) : audit_bpf__load(skel_);
     if (err) {
-      Napi::Error::New(env, "audit: the kernel refused the BPF programs: " + errstr(err)).ThrowAsJavaScriptException();
+      Shutdown();
+      Napi::Error::New(env, "audit: the kernel refused the " + family_ + " family's BPF programs: " + errstr(err)).ThrowAsJavaScriptException();
       return;
     }
     // sensitive path prefixes
@@ -100,12 +129,12 @@ class Audit : public Napi::ObjectWrap<Audit> {
         struct sensitive_prefix sp = {};
         sp.len = s.size() > SENSITIVE_LEN ? SENSITIVE_LEN : s.size();
         memcpy(sp.s, s.data(), sp.len);
-        bpf_map__update_elem(skel_->maps.sensitive, &i, sizeof i, &sp, sizeof sp, BPF_ANY);
+        bpf_map__update_elem(sensitive_, &i, sizeof i, &sp, sizeof sp, BPF_ANY);
       }
     }
     Napi::Array attached = Napi::Array::New(env);
     Napi::Array failed = Napi::Array::New(env);
-    bpf_object__for_each_program(prog, skel_->obj) {
+    bpf_object__for_each_program(prog, obj_) {
       if (!bpf_program__autoload(prog)) continue;
       bpf_link *l = bpf_program__attach(prog);
       if (!l) {
@@ -123,9 +152,10 @@ class Audit : public Napi::ObjectWrap<Audit> {
     info.This().As<Napi::Object>().Set("attached", attached);
     info.This().As<Napi::Object>().Set("failed", failed);
     info.This().As<Napi::Object>().Set("skipped", skipped);
+    info.This().As<Napi::Object>().Set("family", family_);
     // producer/consumer positions, for the utilization gauge
     long page = sysconf(_SC_PAGESIZE);
-    int fd = bpf_map__fd(skel_->maps.events);
+    int fd = bpf_map__fd(events_);
     void *c = mmap(nullptr, page, PROT_READ, MAP_SHARED, fd, 0);
     void *p = mmap(nullptr, page, PROT_READ, MAP_SHARED, fd, page);
     if (c != MAP_FAILED) cons_pos_ = static_cast<volatile unsigned long *>(c);
@@ -137,12 +167,12 @@ class Audit : public Napi::ObjectWrap<Audit> {
  private:
   Napi::Value AddCgroup(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    if (!skel_) return Throw(env, "audit: closed");
+    if (!obj_) return Throw(env, "audit: closed");
     bool lossless;
     uint64_t id = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
     uint32_t idx = info[1].As<Napi::Number>().Uint32Value();
     if (idx >= MAX_WEAVERS && idx != EXCLUDED_IDX) return Throw(env, "audit: weaver index out of range");
-    int err = bpf_map__update_elem(skel_->maps.weavers, &id, sizeof id, &idx, sizeof idx, BPF_ANY);
+    int err = bpf_map__update_elem(weavers_, &id, sizeof id, &idx, sizeof idx, BPF_ANY);
     if (err) return Throw(env, "audit: cannot register cgroup: " + errstr(err));
     // a reused index starts with no losses of a former weaver
     return env.Undefined();
@@ -150,10 +180,10 @@ class Audit : public Napi::ObjectWrap<Audit> {
 
   Napi::Value RemoveCgroup(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    if (!skel_) return env.Undefined();
+    if (!obj_) return env.Undefined();
     bool lossless;
     uint64_t id = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
-    bpf_map__delete_elem(skel_->maps.weavers, &id, sizeof id, 0);
+    bpf_map__delete_elem(weavers_, &id, sizeof id, 0);
     return env.Undefined();
   }
 
@@ -161,11 +191,11 @@ class Audit : public Napi::ObjectWrap<Audit> {
   Napi::Value Lost(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     Napi::Array out = Napi::Array::New(env);
-    if (!skel_) return out;
+    if (!obj_) return out;
     int ncpu = libbpf_num_possible_cpus();
     if (ncpu <= 0) return out;
     std::vector<uint64_t> vals(ncpu);
-    int fd = bpf_map__fd(skel_->maps.lost);
+    int fd = bpf_map__fd(lost_);
     uint32_t max = info.Length() > 0 ? info[0].As<Napi::Number>().Uint32Value() : MAX_WEAVERS;
     if (max > MAX_WEAVERS) max = MAX_WEAVERS;
     for (uint32_t w = 0; w < max; w++) {
@@ -194,9 +224,9 @@ class Audit : public Napi::ObjectWrap<Audit> {
   // start(onBatch(buffer)) — records are concatenated; each carries its length at offset 84.
   Napi::Value Start(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    if (!skel_) return Throw(env, "audit: closed");
+    if (!obj_) return Throw(env, "audit: closed");
     if (running_) return Throw(env, "audit: already started");
-    rb_ = ring_buffer__new(bpf_map__fd(skel_->maps.events), &Audit::OnSample, this, nullptr);
+    rb_ = ring_buffer__new(bpf_map__fd(events_), &Audit::OnSample, this, nullptr);
     if (!rb_) return Throw(env, "audit: cannot open the ring buffer: " + errstr(-errno));
     // a bounded queue: when JS falls behind the thread blocks, the ring fills and the kernel counts drops
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "loom-audit-ring", 16, 1);
@@ -280,13 +310,18 @@ class Audit : public Napi::ObjectWrap<Audit> {
     if (prod_pos_) munmap((void *)prod_pos_, page), prod_pos_ = nullptr;
     for (auto *l : links_) bpf_link__destroy(l);
     links_.clear();
-    if (skel_) {
-      audit_bpf__destroy(skel_);
-      skel_ = nullptr;
-    }
+    if (skel_) audit_bpf__destroy(skel_);
+    if (fe_) audit_fentry_bpf__destroy(fe_);
+    skel_ = nullptr;
+    fe_ = nullptr;
+    obj_ = nullptr;
   }
 
-  audit_bpf *skel_ = nullptr;
+  std::string family_;
+  audit_bpf *skel_ = nullptr;          // the tracepoint family, or
+  audit_fentry_bpf *fe_ = nullptr;     // the fentry family
+  bpf_object *obj_ = nullptr;          // whichever is open
+  bpf_map *events_ = nullptr, *weavers_ = nullptr, *lost_ = nullptr, *sensitive_ = nullptr;
   ring_buffer *rb_ = nullptr;
   std::vector<bpf_link *> links_;
   std::vector<std::string> skipped_;

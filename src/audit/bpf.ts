@@ -8,7 +8,11 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { packageRoot } from '../common/package-root.js';
 
+export type HookFamily = 'tracepoint' | 'fentry';
+
 export interface AuditBpfOptions {
+  /** How syscalls are hooked (ebpf/audit.bpf.c or ebpf/audit_fentry.bpf.c); tracepoint by default. */
+  family?: HookFamily;
   /** Ring buffer size in bytes: a power of two, at least one page. */
   ringBytes?: number;
   /** > 0: a registered ancestor cgroup (up to this many levels) also matches (a pod's cgroup). */
@@ -18,6 +22,7 @@ export interface AuditBpfOptions {
 }
 
 export interface AuditBpf {
+  readonly family: HookFamily;
   readonly attached: string[];
   readonly failed: { program: string; error: string }[];
   readonly skipped: string[];
@@ -39,7 +44,7 @@ export interface Families {
   lsm: true | string;
 }
 
-interface Addon {
+export interface Addon {
   AuditBpf: new (opts: AuditBpfOptions) => AuditBpf;
   probeFamilies(): Families;
   clocks(): [bigint, bigint];
@@ -56,6 +61,32 @@ export function loadAuditAddon(): Addon {
 }
 
 export const DEFAULT_SENSITIVE = ['/etc/shadow', '/etc/gshadow', '/etc/sudoers', '/root/.ssh/', '/proc/kcore', '/etc/ssh/', '/var/run/secrets/', '/run/secrets/'];
+
+export interface OpenedAudit {
+  bpf: AuditBpf;
+  family: HookFamily;
+  /** Why this family: the kernel's answer to the fentry family's load probe. */
+  reason: string;
+}
+
+/**
+ * The load probe: the fentry family (one fexit program per syscall, no map update between entry
+ * and exit) where the kernel loads and attaches every one of its programs; otherwise the
+ * tracepoint family, which is complete on its own. The probe loads the real object, not a toy,
+ * so a kernel that accepts some trampolines but refuses ours still gets a working audit.
+ */
+export function openAudit(addon: Addon, opts: Omit<AuditBpfOptions, 'family'>): OpenedAudit {
+  let reason: string;
+  try {
+    const bpf = new addon.AuditBpf({ ...opts, family: 'fentry' });
+    if (bpf.attached.length > 0 && bpf.failed.length === 0) return { bpf, family: 'fentry', reason: `the kernel loaded and attached all ${bpf.attached.length} fentry programs` };
+    reason = `the kernel loaded the fentry family but refused to attach ${bpf.failed.map((f) => `${f.program} (${f.error})`).join(', ') || 'every program'}`;
+    bpf.close();
+  } catch (e) {
+    reason = (e as Error).message.replace(/^audit: /, '');
+  }
+  return { bpf: new addon.AuditBpf({ ...opts, family: 'tracepoint' }), family: 'tracepoint', reason };
+}
 
 /** Per-syscall tracepoints need tracefs; mount it when it is not (the sidecar runs as root). */
 export function ensureTracefs(): void {

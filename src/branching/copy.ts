@@ -74,6 +74,8 @@ interface NativeAddon {
   removeTree(path: string): Promise<void>;
   createSubvolume(path: string): Promise<void>;
   isSubvolume(path: string): boolean;
+  /** A close-on-exec pipe whose buffer is grown to `size` bytes where allowed (native/src/pipe.cc). */
+  pipe(size: number): { read: number; write: number; size: number };
 }
 
 const STRATEGY_CODE: Record<'auto' | CopyStrategy, number> = { auto: 0, subvolume: 1, reflink: 2, copy: 3 };

@@ -13,16 +13,23 @@ export class SnapshotGc {
 
   start(): void {
     this.stop();
-    this.timer = setInterval(() => this.runOnce(), this.intervalSecs * 1000);
+    this.timer = setInterval(() => void this.runOnce(), this.intervalSecs * 1000);
     this.timer.unref();
   }
 
-  runOnce(): string[] {
+  private running = false;
+
+  /** One pass; a pass still running when the next is due is not overlapped. */
+  async runOnce(): Promise<string[]> {
+    if (this.running) return [];
+    this.running = true;
     try {
-      return this.svc.collectGarbage();
+      return await this.svc.collectGarbage();
     } catch (e) {
       this.log.error({ err: e }, 'branching: snapshot GC failed');
       return [];
+    } finally {
+      this.running = false;
     }
   }
 

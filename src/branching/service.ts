@@ -14,9 +14,7 @@ import { newId, nowIso, sha256 } from '../common/ids.js';
 import type { OrgService } from '../server/orgs/orgs.js';
 import { authorize, may, notVisible, type Action, type Resource } from '../server/orgs/access.js';
 import type { User } from '../server/auth/users.js';
-import { ContainerRuntime } from '../provisioners/local/runtime.js';
-import { copyTree, removeTree, type CopyResult } from './copy.js';
-import type { ContainerHost } from './containers.js';
+import type { ContainerStack } from './stack.js';
 import { KeyedMutex } from '../common/keyed-mutex.js';
 import { newOperationRow, type OpContext, type OperationRunner } from './operations.js';
 import type { ForkOverrides, SnapshotForWeaver, WeaverBranchingPort, WeaverForBranching } from '../weaver/branching-port.js';
@@ -71,7 +69,8 @@ export interface LineageNode {
 export interface ServiceOptions {
   store: BranchingStore;
   orgs: OrgService;
-  host: ContainerHost;
+  /** The local runtime stack seed containers run on (files, layers, runtime: never touched here). */
+  stack: ContainerStack;
   runner: OperationRunner;
   log: Logger;
   dataDir: string;
@@ -139,14 +138,14 @@ type Source = { kind: 'container'; row: ContainerRow } | { kind: 'weaver'; row: 
 
 export class BranchingService {
   private readonly store: BranchingStore;
-  private readonly host: ContainerHost;
+  private readonly host: ContainerStack;
   private readonly runner: OperationRunner;
   private readonly log: Logger;
   private readonly lock = new KeyedMutex();
 
   constructor(private readonly o: ServiceOptions) {
     this.store = o.store;
-    this.host = o.host;
+    this.host = o.stack;
     this.runner = o.runner;
     this.log = o.log;
   }
@@ -300,21 +299,20 @@ export class BranchingService {
       this.lock.run(c.id, async () => {
         try {
           ctx.progress(1);
-          const progress = (p: { files: number }) => ctx.progress(Math.min(90, 1 + p.files / 1000));
-          let r: CopyResult;
+          const opts = { signal: ctx.signal, onProgress: (files: number) => ctx.progress(Math.min(90, 1 + files / 1000)) };
+          let r: { bytes: number };
           if (from.kind === 'path') {
             // The directory checked at request time must be the one copied, before and after.
             requireSameDirectory(from.imp);
-            r = await this.host.materializeFromPath(c.id, from.imp.path, ctx.signal, progress);
+            r = await this.host.register(c.id, from.imp.path, opts);
             requireSameDirectory(from.imp);
           } else {
-            r = await this.host.materializeFromPath(c.id, from.lower, ctx.signal, progress);
+            r = await this.host.register(c.id, from.lower, opts);
           }
-          await this.host.finishRootfs(c.id);
           if (this.o.testDelayMs) await ctx.sleep(this.o.testDelayMs);
           this.store.updateContainer(c.id, { status: 'created', rootfs_bytes: r.bytes });
         } catch (e) {
-          await this.host.removeFiles(c.id).catch(() => undefined);
+          await this.host.remove(c.id).catch(() => undefined);
           this.store.updateContainer(c.id, { status: 'failed', reason: errorMessage(e) });
           throw e;
         }
@@ -336,12 +334,14 @@ export class BranchingService {
     this.store.insertContainer(c);
     let bytes: number;
     try {
-      await this.host.prepareVolume(c.id);
-      ({ bytes } = await unpackArchive(body, this.host.rootfs(c.id), this.o.archiveMaxBytes));
-      await this.host.finishRootfs(c.id);
+      // Unpacked into scratch first (a refused archive leaves no layer), then copied once into the base layer.
+      const stage = await this.host.stagingDir(c.id);
+      await unpackArchive(body, stage, this.o.archiveMaxBytes);
+      ({ bytes } = await this.host.register(c.id, stage));
+      await fsp.rm(stage, { recursive: true, force: true });
     } catch (e) {
       body.resume();
-      await this.host.removeFiles(c.id).catch(() => undefined);
+      await this.host.remove(c.id).catch(() => undefined);
       this.store.deleteContainer(c.id);
       throw e;
     }
@@ -359,7 +359,7 @@ export class BranchingService {
   private async startNow(id: string): Promise<void> {
     const c = this.store.container(id);
     if (!c) throw err(404, 'CONTAINER_NOT_FOUND', `container ${id} was deleted`);
-    await this.host.run(c);
+    await this.host.run(c.id, JSON.parse(c.command) as string[], JSON.parse(c.env) as Record<string, string>);
     this.store.updateContainer(id, { status: 'running', started_at: nowIso(), stopped_at: null, exit_code: null, reason: null });
   }
 
@@ -450,8 +450,7 @@ export class BranchingService {
     })();
     return this.submit(op, () =>
       this.lock.run(c.id, async () => {
-        await this.host.removeRuntime(c.id);
-        await this.host.removeFiles(c.id);
+        await this.host.remove(c.id);
         this.store.deleteContainer(c.id);
       }),
     );
@@ -606,84 +605,35 @@ export class BranchingService {
     return this.o.weavers?.()?.madeFrom(user, s.id) ?? [];
   }
 
-  private weaverPaths(id: string) {
-    const dir = join(this.o.dataDir, 'local', 'weavers', id);
-    return { rootfs: join(dir, 'rootfs'), workspace: join(dir, 'workspace') };
-  }
-
   /**
-   * Copies the source's volume into snapshots/<id>. App-consistent: the source's processes are
-   * frozen (cgroup freezer via the runtime's pause) for the copy and always thawed after.
-   * Progress is reported between pctFrom and pctTo. On failure the partial tree and the row go.
+   * Commits what the source's layer holds now into the snapshot's layer (the container's through
+   * the runtime stack, a weaver's through the weaver component). App-consistent: the source's
+   * processes are frozen (cgroup freezer) around the copy and always thawed after. On failure the
+   * partial layer and the row go.
    */
   private async takeSnapshot(ctx: OpContext, src: Source, snap: SnapshotRow, pctFrom: number, pctTo: number): Promise<SnapshotRow> {
     ctx.downgrade(this.host.memoryDowngrade);
-    const dest = this.host.snapshotDir(snap.id);
-    let estimate = 0;
-    let rt: ContainerRuntime | null = null;
-    let copy: () => Promise<CopyResult>;
-    const progress = (bytes: number) => ctx.progress(pctFrom + (pctTo - pctFrom) * (estimate > 0 ? Math.min(1, bytes / estimate) : 0.5));
-    if (src.kind === 'container') {
-      const c = this.store.container(src.row.id);
-      if (!c) throw err(404, 'CONTAINER_NOT_FOUND', `container ${src.row.id} was deleted`);
-      estimate = c.rootfs_bytes;
-      if (snap.consistency_mode === 'app-consistent' && (await this.host.isRunning(c.id))) rt = this.host.rt();
-      copy = () => copyTree(this.host.vol(c.id), dest, { signal: ctx.signal, onProgress: (p) => progress(p.bytes) });
-    } else {
-      const paths = this.weaverPaths(src.row.id);
-      const entries = await fsp.readdir(paths.rootfs).catch(() => [] as string[]);
-      if (entries.length === 0) throw err(409, 'CONTAINER_NOT_RUNNING', `weaver ${src.row.id} has no mounted root filesystem`);
-      if (snap.consistency_mode === 'app-consistent') {
-        const info = this.host.info;
-        if (!info) throw err(503, 'RUNTIME_UNAVAILABLE', 'no OCI runtime to freeze the weaver with');
-        rt = new ContainerRuntime(info, join(this.o.dataDir, 'local', 'runc'));
-      }
-      copy = async () => {
-        await this.host.makeVolume(dest);
-        const a = await copyTree(paths.rootfs, join(dest, 'rootfs'), { signal: ctx.signal, onProgress: (p) => progress(p.bytes) });
-        const ws = join(dest, 'rootfs', 'workspace');
-        const hasWs = await fsp.stat(paths.workspace).then((s) => s.isDirectory(), () => false);
-        if (hasWs) {
-          await removeTree(ws);
-          const b = await copyTree(paths.workspace, ws, { signal: ctx.signal });
-          return { ...a, files: a.files + b.files, bytes: a.bytes + b.bytes, dirs: a.dirs + b.dirs };
-        }
-        return a;
-      };
-    }
+    const freeze = snap.consistency_mode === 'app-consistent';
+    ctx.progress(pctFrom);
     try {
-      let result: CopyResult;
-      let frozenMs: number | null = null;
-      if (rt) {
-        const target = src.row.id;
-        const t0 = performance.now();
-        await rt.freeze(target, `app-consistent snapshot ${snap.id}`);
-        try {
-          result = await copy();
-          if (this.o.testDelayMs) await ctx.sleep(this.o.testDelayMs);
-        } finally {
-          try {
-            await rt.thaw(target);
-          } catch (e) {
-            this.log.error({ err: e, container: target }, 'thaw after app-consistent snapshot failed');
-            ctx.warn(`thawing ${target} failed: ${errorMessage(e)}`);
-          }
-          frozenMs = Math.round((performance.now() - t0) * 100) / 100;
-        }
-        ctx.warn(`app-consistent: processes were frozen for ${frozenMs} ms`);
+      let r: { strategy: string; files: number; bytes: number; frozenMs: number | null };
+      if (src.kind === 'container') {
+        if (!this.store.container(src.row.id)) throw err(404, 'CONTAINER_NOT_FOUND', `container ${src.row.id} was deleted`);
+        r = await this.host.snapshot(src.row.id, snap.id, { freeze, signal: ctx.signal });
       } else {
-        if (snap.consistency_mode === 'app-consistent') ctx.warn('app-consistent: the container was not running; nothing to freeze');
-        result = await copy();
-        if (this.o.testDelayMs) await ctx.sleep(this.o.testDelayMs);
-        if (snap.consistency_mode === 'app-consistent') frozenMs = 0;
+        const l = await this.weaverPort().snapshot(src.row.id, snap.id, { freeze, signal: ctx.signal });
+        r = { strategy: l.strategy, files: l.inodes, bytes: l.bytes, frozenMs: l.frozenMs };
       }
-      const patch = { status: 'ready' as const, strategy: result.strategy, files: result.files, bytes: result.bytes, frozen_ms: frozenMs, completed_at: nowIso() };
+      if (freeze) {
+        if (r.frozenMs) ctx.warn(`app-consistent: processes were frozen for ${r.frozenMs} ms`);
+        else ctx.warn('app-consistent: the container was not running; nothing to freeze');
+      }
+      const patch = { status: 'ready' as const, strategy: r.strategy, files: r.files, bytes: r.bytes, frozen_ms: freeze ? (r.frozenMs ?? 0) : null, completed_at: nowIso() };
       this.store.updateSnapshot(snap.id, patch);
-      if (src.kind === 'container' && result.strategy !== 'subvolume') this.store.updateContainer(src.row.id, { rootfs_bytes: result.bytes });
       ctx.progress(pctTo);
       return { ...snap, ...patch };
     } catch (e) {
-      await removeTree(dest).catch((re) => this.log.error({ err: re, snapshot: snap.id }, 'removing a partial snapshot failed'));
+      await this.host.removeSnapshot(snap.id).catch((re) => this.log.error({ err: re, snapshot: snap.id }, 'removing a partial snapshot failed'));
       this.store.deleteSnapshot(snap.id);
       throw e;
     }
@@ -713,7 +663,7 @@ export class BranchingService {
     const why = this.inUse(s);
     if (why) throw err(409, 'SNAPSHOT_IN_USE', `snapshot ${id} is in use: ${why}`);
     if (s.layer) return this.removeLayerSnapshot(s);
-    this.removeSnapshot(s);
+    await this.removeSnapshot(s);
   }
 
   /**
@@ -734,10 +684,20 @@ export class BranchingService {
     this.store.deleteSnapshot(s.id);
   }
 
-  /** Forgets the snapshot at once and removes its tree in the background (reconcile removes leftovers). */
-  private removeSnapshot(s: SnapshotRow): void {
+  /**
+   * Removes the snapshot's layer, then its record. Refused (409 SNAPSHOT_IN_USE) while other
+   * layers stack on it: clones and forks of it, and snapshots taken of those.
+   */
+  private async removeSnapshot(s: SnapshotRow): Promise<void> {
+    try {
+      await this.host.removeSnapshot(s.id);
+    } catch (e) {
+      if (isLoomError(e) && e.code === 'SNAPSHOT_IN_USE') {
+        throw err(409, 'SNAPSHOT_IN_USE', `snapshot ${s.id} is in use: containers or snapshots are built on it (delete them first)`);
+      }
+      throw e;
+    }
     this.store.deleteSnapshot(s.id);
-    void removeTree(this.host.snapshotDir(s.id)).catch((e) => this.log.error({ err: e, snapshot: s.id }, 'removing a snapshot tree failed'));
   }
 
   setPinned(user: User, id: string, pinned: boolean): Snapshot {
@@ -776,11 +736,13 @@ export class BranchingService {
   private async materializeClone(ctx: OpContext, c: ContainerRow, snapshotId: string, bytes: number, pctFrom: number, immediate: boolean): Promise<void> {
     ctx.downgrade(this.host.memoryDowngrade);
     try {
-      const r = await this.host.materializeFromSnapshot(c.id, snapshotId, ctx.signal, (p) => ctx.progress(pctFrom + (95 - pctFrom) * (bytes > 0 ? Math.min(1, p.bytes / bytes) : 0.5)));
+      // A new active layer on the snapshot and a mount: nothing is copied.
+      await this.host.prepareFromSnapshot(c.id, snapshotId);
+      ctx.progress(pctFrom + (95 - pctFrom) / 2);
       if (this.o.testDelayMs) await ctx.sleep(this.o.testDelayMs);
-      this.store.updateContainer(c.id, { status: 'created', rootfs_bytes: r.strategy === 'subvolume' ? bytes : r.bytes });
+      this.store.updateContainer(c.id, { status: 'created', rootfs_bytes: bytes });
     } catch (e) {
-      await this.host.removeFiles(c.id).catch(() => undefined);
+      await this.host.remove(c.id).catch(() => undefined);
       this.store.updateContainer(c.id, { status: 'failed', reason: errorMessage(e) });
       throw e;
     }
@@ -857,46 +819,38 @@ export class BranchingService {
     // reached), nor the intermediate snapshot it was being cloned from.
     for (const op of interrupted.filter((o) => o.operation_type === 'fork')) {
       if (op.result_container_id && this.store.container(op.result_container_id)) {
-        await this.host.removeRuntime(op.result_container_id).catch(() => undefined);
-        await this.host.removeFiles(op.result_container_id).catch((e) => this.log.error({ err: e }, 'removing an interrupted fork'));
+        await this.host.remove(op.result_container_id).catch((e) => this.log.error({ err: e }, 'removing an interrupted fork'));
         this.store.deleteContainer(op.result_container_id);
       }
       const s = op.snapshot_id ? this.store.snapshot(op.snapshot_id) : null;
       if (s && this.store.containersFromSnapshot(s.id).length === 0 && !s.pinned) {
-        await removeTree(this.host.snapshotDir(s.id)).catch((e) => this.log.error({ err: e }, 'removing the snapshot of an interrupted fork'));
+        await this.host.removeSnapshot(s.id).catch((e) => this.log.error({ err: e }, 'removing the snapshot of an interrupted fork'));
         this.store.deleteSnapshot(s.id);
       }
       this.log.warn({ operation: op.id, container: op.result_container_id, snapshot: op.snapshot_id }, 'branching: removed what an interrupted fork left');
     }
-    const port = this.o.weavers?.();
+    // Weaver and container snapshots are layers of the one store: a half-made one goes, and so do
+    // layers no record names (a crash between the copy and the record).
     for (const s of this.store.allSnapshots()) {
       if (s.status === 'creating') {
-        if (s.layer) await port?.removeSnapshot(s.id).catch((e) => this.log.error({ err: e }, 'removing a partial layer snapshot'));
-        else await removeTree(this.host.snapshotDir(s.id)).catch((e) => this.log.error({ err: e }, 'removing partial snapshot'));
+        await this.host.removeSnapshot(s.id).catch((e) => this.log.error({ err: e }, 'removing a partial snapshot'));
         this.store.deleteSnapshot(s.id);
       }
     }
-    if (port) {
-      const pruned = await port.pruneSnapshots(this.store.allSnapshots().filter((s) => s.layer).map((s) => s.id)).catch((e) => {
-        this.log.error({ err: e }, 'pruning snapshot layers without a record');
-        return [] as string[];
-      });
-      if (pruned.length) this.log.warn({ snapshots: pruned }, 'branching: removed snapshot layers without a record');
-    }
-    const known = new Set(this.store.allSnapshots().map((s) => s.id));
-    for (const d of await fsp.readdir(this.host.layout.snapshots).catch(() => [] as string[])) {
-      if (!known.has(d)) {
-        this.log.warn({ dir: d }, 'branching: removing a snapshot tree without a record');
-        await removeTree(join(this.host.layout.snapshots, d)).catch((e) => this.log.error({ err: e }, 'removing orphan snapshot'));
-      }
-    }
+    const pruned = await this.host.pruneSnapshots(this.store.allSnapshots().map((s) => s.id)).catch((e) => {
+      this.log.error({ err: e }, 'pruning snapshot layers without a record');
+      return [] as string[];
+    });
+    if (pruned.length) this.log.warn({ snapshots: pruned }, 'branching: removed snapshot layers without a record');
     const containers = this.store.allContainers();
     for (const c of containers) {
       if (c.status === 'creating') {
-        await this.host.removeRuntime(c.id).catch(() => undefined);
-        await this.host.removeFiles(c.id).catch(() => undefined);
+        await this.host.remove(c.id).catch(() => undefined);
         this.store.updateContainer(c.id, { status: 'failed', reason: 'interrupted by a server restart while being created' });
-      } else if (c.status === 'running' || c.status === 'deleting') {
+        continue;
+      }
+      if (c.status === 'failed') continue;
+      if (c.status === 'running' || c.status === 'deleting') {
         if (!(await this.host.isRunning(c.id))) {
           const code = await this.host.exitCode(c.id);
           this.store.updateContainer(c.id, { status: 'stopped', exit_code: code, stopped_at: nowIso() });
@@ -904,29 +858,30 @@ export class BranchingService {
           this.store.updateContainer(c.id, { status: 'running' });
         }
       }
+      // After a reboot the root filesystem mounts are gone: mount them again.
+      await this.host.ensureMounted(c.id).catch((e) => this.log.warn({ container: c.id, err: errorMessage(e) }, 'branching: remounting a container root filesystem failed'));
     }
     const ids = new Set(containers.map((c) => c.id));
-    for (const d of await fsp.readdir(this.host.layout.containers).catch(() => [] as string[])) {
+    for (const d of await this.host.containerIds()) {
       if (!ids.has(d)) {
-        this.log.warn({ dir: d }, 'branching: removing a container without a record');
-        await this.host.removeRuntime(d).catch(() => undefined);
-        await this.host.removeFiles(d).catch((e) => this.log.error({ err: e }, 'removing orphan container'));
+        this.log.warn({ container: d }, 'branching: removing a container without a record');
+        await this.host.remove(d).catch((e) => this.log.error({ err: e }, 'removing orphan container'));
       }
     }
   }
 
   /** Removes expired, unpinned, unused snapshots; returns their ids. */
-  collectGarbage(now = new Date()): string[] {
+  async collectGarbage(now = new Date()): Promise<string[]> {
     const gone: string[] = [];
     for (const s of this.store.expiredSnapshots(now.toISOString())) {
       if (this.inUse(s)) continue;
-      if (s.layer) {
-        // kept while weavers run on it; collected on a later pass once they are gone
-        void this.removeLayerSnapshot(s).then(() => this.log.info({ snapshot: s.id }, 'branching: expired layer snapshot collected'), () => undefined);
-        continue;
+      try {
+        await (s.layer ? this.removeLayerSnapshot(s) : this.removeSnapshot(s));
+        gone.push(s.id);
+      } catch (e) {
+        // Kept while weavers, containers or later snapshots stack on it; collected on a later pass once they are gone.
+        if (!(isLoomError(e) && e.code === 'SNAPSHOT_IN_USE')) this.log.error({ err: e, snapshot: s.id }, 'branching: collecting an expired snapshot failed');
       }
-      this.removeSnapshot(s);
-      gone.push(s.id);
     }
     if (gone.length) this.log.info({ snapshots: gone }, 'branching: expired snapshots collected');
     return gone;

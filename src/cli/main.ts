@@ -18,6 +18,7 @@ for (const stream of [process.stdout, process.stderr]) {
 }
 import { registerSecretCommands } from './secret.js';
 import { registerRunCommands } from './run.js';
+import { registerWgCommands } from './wg.js';
 
 const program = new Command('loom')
   .description('Loom: disposable development environments (weavers) and near-instant state branching')
@@ -34,6 +35,7 @@ registerBranchingCommands(program);
 registerExecCommands(program);
 registerSecretCommands(program);
 registerRunCommands(program);
+registerWgCommands(program);
 
 function fail(message: string, code = 1): never {
   process.stderr.write(`loom: ${message}\n`);

@@ -10,6 +10,8 @@
  * ForbiddenError, …) carrying the server's `code` and `message`.
  */
 import { Readable } from 'node:stream';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import WebSocket from 'ws';
 
 // ------------------------------------------------------------------ errors
@@ -362,6 +364,57 @@ export class LoomClient {
     }
   }
 
+  /**
+   * A bulk transfer (file bodies) over node:http rather than fetch: fetch's web streams add a
+   * copy and promises per chunk, which halved loopback throughput. Resolves with the response as
+   * soon as it starts (the server may answer 413 before the whole body is sent).
+   */
+  protected bulk(method: string, path: string, o: { headers?: Record<string, string>; body?: Buffer | Readable; signal?: AbortSignal } = {}): Promise<IncomingMessage> {
+    const url = new URL(`${this.serverUrl}${path}`);
+    const headers: Record<string, string> = { accept: '*/*', authorization: `Bearer ${this.requireToken()}`, ...o.headers };
+    if (o.body !== undefined) headers['content-type'] ??= 'application/octet-stream';
+    if (Buffer.isBuffer(o.body)) headers['content-length'] = String(o.body.length);
+    return new Promise((resolve, reject) => {
+      const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, { method, headers });
+      let answered = false;
+      req.on('response', (res) => {
+        answered = true;
+        resolve(res);
+      });
+      req.on('error', (e: Error) => {
+        if (answered) return;
+        if (e.name === 'AbortError') reject(e);
+        else reject(this.connectionError({ message: e.message, cause: e }));
+      });
+      if (o.signal) {
+        const abort = () => req.destroy(Object.assign(new Error('the operation was aborted'), { name: 'AbortError' }));
+        if (o.signal.aborted) abort();
+        else o.signal.addEventListener('abort', abort, { once: true });
+      }
+      if (o.body instanceof Readable) {
+        o.body.on('error', (e) => req.destroy(e));
+        o.body.pipe(req);
+      } else req.end(o.body);
+    });
+  }
+
+  /** A bulk response's typed error (its body read whole, as the JSON error it is). */
+  private async bulkError(res: IncomingMessage): Promise<Error> {
+    const parts: Buffer[] = [];
+    for await (const c of res) parts.push(c as Buffer);
+    const h = new Headers();
+    for (const [k, v] of Object.entries(res.headers)) if (typeof v === 'string') h.set(k, v);
+    return this.errorOf(new Response(Buffer.concat(parts), { status: res.statusCode ?? 500, headers: h }));
+  }
+
+  /** A bulk upload's JSON answer, or its typed error. */
+  private async bulkJson<T>(res: IncomingMessage): Promise<T> {
+    if ((res.statusCode ?? 500) >= 300) throw await this.bulkError(res);
+    const parts: Buffer[] = [];
+    for await (const c of res) parts.push(c as Buffer);
+    return JSON.parse(Buffer.concat(parts).toString('utf8')) as T;
+  }
+
   /** One JSON call; a non-2xx answer throws its typed error. */
   async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
     const res = await this.raw(method, path, opts);
@@ -454,15 +507,17 @@ export class LoomClient {
 
   /** A file's bytes (or a tar of a directory) as a stream, with what the server said it is. */
   async download(id: string, path: string, signal?: AbortSignal): Promise<{ type: 'file' | 'directory'; size?: number; mode?: string; body: Readable }> {
-    const res = await this.raw('GET', `/api/weaver/${enc(id)}/files?path=${enc(path)}`, { headers: { accept: '*/*' }, ...(signal ? { signal } : {}) });
-    if (!res.ok || !res.body) throw await this.errorOf(res);
-    const size = res.headers.get('x-loom-file-size');
-    const mode = res.headers.get('x-loom-file-mode');
+    const res = await this.bulk('GET', `/api/weaver/${enc(id)}/files?path=${enc(path)}`, signal ? { signal } : {});
+    if ((res.statusCode ?? 500) >= 300) throw await this.bulkError(res);
+    const size = res.headers['x-loom-file-size'];
+    const mode = res.headers['x-loom-file-mode'];
+    // A response cut off by the server (the tool failed mid-way) must surface as an error.
+    res.on('aborted', () => res.destroy(new Error('the download was cut off by the server')));
     return {
-      type: res.headers.get('x-loom-file-type') === 'directory' ? 'directory' : 'file',
-      ...(size ? { size: Number(size) } : {}),
-      ...(mode ? { mode } : {}),
-      body: Readable.fromWeb(res.body as import('node:stream/web').ReadableStream),
+      type: res.headers['x-loom-file-type'] === 'directory' ? 'directory' : 'file',
+      ...(typeof size === 'string' ? { size: Number(size) } : {}),
+      ...(typeof mode === 'string' ? { mode } : {}),
+      body: res,
     };
   }
 
@@ -477,13 +532,13 @@ export class LoomClient {
   /** Writes a file (atomically: it appears whole or not at all); `mode` like "755". */
   writeFile(id: string, path: string, data: Buffer | string | Readable, o: { mode?: string } = {}): Promise<{ path: string; bytes: number }> {
     const q = new URLSearchParams({ path, ...(o.mode ? { mode: o.mode } : {}) });
-    return this.request('PUT', `/api/weaver/${enc(id)}/files?${q}`, { rawBody: typeof data === 'string' ? Buffer.from(data) : data });
+    return this.bulk('PUT', `/api/weaver/${enc(id)}/files?${q}`, { body: typeof data === 'string' ? Buffer.from(data) : data }).then((r) => this.bulkJson(r));
   }
 
   /** Unpacks a tar stream into the directory `dir` (created when missing). */
   uploadTar(id: string, dir: string, tar: Buffer | Readable): Promise<{ path: string; bytes: number }> {
     const q = new URLSearchParams({ path: dir, archive: 'tar' });
-    return this.request('PUT', `/api/weaver/${enc(id)}/files?${q}`, { rawBody: tar, headers: { 'content-type': 'application/x-tar' } });
+    return this.bulk('PUT', `/api/weaver/${enc(id)}/files?${q}`, { body: tar, headers: { 'content-type': 'application/x-tar' } }).then((r) => this.bulkJson(r));
   }
 
   // ---------------------------------------------------------------- branching (snapshots, forks)

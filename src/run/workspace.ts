@@ -30,6 +30,8 @@ export interface WorkspaceResult {
   skipped: string[];
 }
 
+const CHECKOUT_WORKERS = 8;
+
 /** Paths the runner itself writes; never carried over from the checkout. */
 const RUNTIME_PREFIX = '.loom/.runtime/';
 
@@ -124,7 +126,9 @@ export async function prepareWorkspace(repoRoot: string, runId: string, warn: (m
   const r: WorkspaceResult = { path: ws, headSha, copied: 0, deleted: 0, symlinks: 0, skipped: [] };
   try {
     await git(repoRoot, ['clone', '-q', '--shared', '--no-checkout', '--', repoRoot, ws]);
-    await git(ws, ['-c', 'advice.detachedHead=false', '-c', 'checkout.workers=0', 'checkout', '-q', '--detach', headSha]);
+    // Writing the tree is I/O-bound (open/write/close per file), so more workers than cores pay:
+    // measured on a 50k-file tree, 8 workers beat one per core (see bench/run-local).
+    await git(ws, ['-c', 'advice.detachedHead=false', '-c', `checkout.workers=${CHECKOUT_WORKERS}`, 'checkout', '-q', '--detach', headSha]);
     // The run's own logs and receipts never show up as changes in the workspace.
     await mkdir(join(ws, '.git', 'info'), { recursive: true });
     await appendFile(join(ws, '.git', 'info', 'exclude'), `\n/${RUNTIME_PREFIX}\n`);

@@ -90,6 +90,8 @@ export async function loadComponents(config: Config, log: Logger): Promise<Serve
   // After weavers: it reads their records and plugs into their backend.
   const { secretsComponent } = await import('../secrets/component.js');
   components.push(secretsComponent(config, log, weavers));
+  const { tunnelComponent } = await import('../tunnel/component.js');
+  components.push(tunnelComponent(config, log, weavers));
   const { consoleComponent } = await import('./console/component.js');
   components.push(consoleComponent());
   return components;

@@ -76,22 +76,76 @@ export async function registerExecApi(api: FastifyInstance, ctx: AppContext, svc
       const id = (req.params as { id: string }).id;
       authorizeExec(svc, principal(req).user, id, 'files');
       const path = checkPath((req.query as { path: string }).path);
-      const { stat, proc } = await files.read(id, path);
+      // Output arrives in the sink (one reused buffer, nothing allocated per chunk) where the backend
+      // supports it; until the answer is decided below, chunks wait in `early`.
+      const early: [Buffer, () => void][] = [];
+      let deliver: ((b: Buffer, done: () => void) => void) | null = null;
+      let firstChunk = () => undefined as void;
+      const gotFirst = new Promise<void>((r) => (firstChunk = r));
+      const sink = (b: Buffer, done: () => void) => {
+        if (deliver) return deliver(b, done);
+        early.push([b, done]);
+        firstChunk();
+      };
+      const { stat, proc } = await files.read(id, path, sink);
       if (stat.type === 'file' && stat.size > cfg.filesMaxBytes) {
         proc.kill();
         throw new LoomError(413, 'too_large', `${path} is ${stat.size} bytes, over the limit of ${cfg.filesMaxBytes}`);
       }
       const errText: Buffer[] = [];
       proc.stderr.on('data', (b: Buffer) => errText.length < 64 && errText.push(b));
-      // Answer only once the tool produced its first bytes or ended, so a failure (say, a file
-      // the weaver's user may not read) is still a proper 403/404 rather than a cut-off 200.
+      const headers = (): Record<string, string> => ({
+        'x-request-id': String(req.id),
+        'x-loom-file-type': stat.type,
+        ...(stat.type === 'file'
+          ? { 'content-type': 'application/octet-stream', 'x-loom-file-size': String(stat.size), 'x-loom-file-mode': stat.mode }
+          : { 'content-type': 'application/x-tar' }),
+      });
+      if (proc.sunk) {
+        // Answer only once the tool produced its first bytes or ended, so a failure (say, a file
+        // the weaver's user may not read) is still a proper 403/404 rather than a cut-off 200.
+        await Promise.race([gotFirst, proc.exit]);
+        if (early.length === 0) {
+          const e = await proc.exit;
+          if (e.exitCode !== 0) throw toolError(Buffer.concat(errText).toString('utf8'), path, `reading ${path} failed`);
+        }
+        reply.hijack();
+        const res = reply.raw;
+        res.writeHead(200, headers());
+        let sent = 0;
+        let dead = false;
+        req.raw.on('close', () => {
+          dead = true;
+          proc.kill();
+        });
+        deliver = (b, done) => {
+          if (dead) return done();
+          sent += b.length;
+          if (sent > cfg.filesMaxBytes) {
+            dead = true;
+            proc.kill();
+            res.destroy();
+            return done();
+          }
+          // The buffer is reused once the socket has taken the bytes.
+          res.write(b, () => done());
+        };
+        for (const [b, done] of early.splice(0)) deliver(b, done);
+        void proc.exit.then((exit) => {
+          if (dead) return;
+          // A failure mid-way ends the response with a reset, not a clean end.
+          if (exit.exitCode === 0) res.end();
+          else res.destroy();
+        });
+        return reply;
+      }
+      // Without a sink (the Kubernetes backend): the same first-bytes-or-exit rule on the stream.
       const stdout = proc.stdout as Readable;
       await new Promise<void>((resolve) => {
         stdout.once('readable', () => resolve());
         void proc.exit.then(() => resolve());
       });
       if (stdout.readableLength === 0) {
-        // End of output before any byte: answer with the tool's verdict.
         const e = await proc.exit;
         if (e.exitCode !== 0) throw toolError(Buffer.concat(errText).toString('utf8'), path, `reading ${path} failed`);
       }
@@ -112,12 +166,7 @@ export async function registerExecApi(api: FastifyInstance, ctx: AppContext, svc
         else out.destroy(new Error(`reading ${path} failed: ${Buffer.concat(errText).toString('utf8').trim() || `exit ${exit.exitCode}`}`));
       });
       req.raw.on('close', () => proc.kill());
-      reply.header('x-loom-file-type', stat.type);
-      if (stat.type === 'file') {
-        reply.header('content-type', 'application/octet-stream');
-        reply.header('x-loom-file-size', String(stat.size));
-        reply.header('x-loom-file-mode', stat.mode);
-      } else reply.header('content-type', 'application/x-tar');
+      reply.headers(headers());
       return reply.send(out);
     },
   );

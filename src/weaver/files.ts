@@ -14,7 +14,7 @@
  * We still refuse `..` components and relative paths up front, for clear 400s.
  */
 import { LoomError, badRequest } from '../common/errors.js';
-import type { ExecProcess, Provisioner } from './provisioner.js';
+import type { ExecProcess, ExecRequest, Provisioner } from './provisioner.js';
 import { Readable } from 'node:stream';
 
 export interface FileStat {
@@ -87,12 +87,12 @@ export class WeaverFiles {
     };
   }
 
-  /** A file's bytes, or a tar of a directory; `stat` says which. The caller pipes `stdout`. */
-  async read(id: string, path: string): Promise<{ stat: FileStat; proc: ExecProcess }> {
+  /** A file's bytes, or a tar of a directory; `stat` says which. The caller pipes `stdout` (or takes them in `stdoutSink`). */
+  async read(id: string, path: string, stdoutSink?: ExecRequest['stdoutSink']): Promise<{ stat: FileStat; proc: ExecProcess }> {
     const st = await this.stat(id, path, true);
     if (st.type === 'other') throw badRequest(`${path} is not a regular file or directory`, 'not_a_file');
     const args = st.type === 'directory' ? ['-c', '-f', '-', '-C', path, '.'] : [path];
-    const proc = await this.p.exec(id, { command: this.argv(id, st.type === 'directory' ? 'tar' : 'cat', args), tty: false, stdin: false, cwd: '/' });
+    const proc = await this.p.exec(id, { command: this.argv(id, st.type === 'directory' ? 'tar' : 'cat', args), tty: false, stdin: false, cwd: '/', ...(stdoutSink ? { stdoutSink } : {}) });
     return { stat: st, proc };
   }
 

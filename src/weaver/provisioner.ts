@@ -89,6 +89,13 @@ export interface ExecRequest {
   stdin: boolean;
   cols?: number;
   rows?: number;
+  /**
+   * Internal, never set from the API: take stdout (without a tty) as chunks of one reused buffer
+   * instead of the `stdout` stream. `chunk` is valid only until `done()` is called and the next read
+   * waits for it, so bulk transfers allocate nothing per chunk. A backend that does not support it
+   * ignores it (ExecProcess.sunk is then false) and delivers `stdout` as usual.
+   */
+  stdoutSink?: (chunk: Buffer, done: () => void) => void;
 }
 
 /** How an exec ended: the exit code (128+signal when killed), or why it never ran. */
@@ -108,6 +115,8 @@ export interface ExecProcess {
   readonly stdout: NodeJS.ReadableStream;
   /** Stays empty with a tty. */
   readonly stderr: NodeJS.ReadableStream;
+  /** True when stdout goes to ExecRequest.stdoutSink (then `stdout` is empty). */
+  readonly sunk?: boolean;
   /** Settles once the process has exited and stdout/stderr have ended. Never rejects. */
   readonly exit: Promise<ExecExit>;
   resize(cols: number, rows: number): void;

@@ -7,7 +7,7 @@ import t from 'tap';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, type TestServer } from '../support/server.js';
-import { cleanupContainers, makeFixture, mutate, rootfsOf, runtimeState, snapshotDirOf, waitOp, type Op } from './helpers.js';
+import { cleanupContainers, makeFixture, mutate, containerDirOf, rootfsOf, runtimeState, snapshotExists, snapshotFile, waitOp, type Op } from './helpers.js';
 import { waitUntil } from '../support/attach.js';
 
 /** Whether the file exists with exactly this content. */
@@ -70,7 +70,7 @@ t.test('walkthrough: register, snapshot, clone immediate; the clone runs and has
   t.same(snapOp.capability_downgrades, ['memory_state: CRIU unavailable; filesystem state only']);
   for (const k of ['operation_id', 'operation_type', 'status', 'progress_pct', 'warnings', 'capability_downgrades', 'started_at', 'updated_at', 'completed_at']) t.ok(k in snapOp, k);
   const sid = snapOp.snapshot_id!;
-  t.equal(readFileSync(join(snapshotDirOf(srv.dataDir, sid), 'rootfs', 'hello.txt'), 'utf8'), 'hello\n');
+  t.equal(snapshotFile(srv.dataDir, sid, 'hello.txt'), 'hello\n');
 
   const cloneOp = await mutate(srv, token, 'POST', `/api/snapshots/${sid}/clone`, { resume_policy: 'immediate' });
   t.equal(cloneOp.status, 'succeeded', JSON.stringify(cloneOp));
@@ -103,7 +103,7 @@ t.test('walkthrough: register, snapshot, clone immediate; the clone runs and has
   const del = await mutate(srv, token, 'DELETE', `/api/containers/${m.id}`);
   t.equal(del.status, 'succeeded');
   t.equal((await srv.api('GET', `/api/containers/${m.id}`, token)).status, 404);
-  t.notOk(existsSync(join(srv.dataDir, 'branching', 'containers', m.id)));
+  t.notOk(existsSync(containerDirOf(srv.dataDir, m.id)));
   t.equal(runtimeState(srv.dataDir, m.id), null);
 });
 
@@ -125,7 +125,7 @@ t.test('fork: snapshot + clone in one operation; the two trees diverge', async (
   t.equal(readFileSync(join(p, 'state.txt'), 'utf8'), 'parent\n');
   t.equal(readFileSync(join(c, 'state.txt'), 'utf8'), 'child\n');
   t.notOk(existsSync(join(p, 'only-child.txt')));
-  t.equal(readFileSync(join(snapshotDirOf(srv.dataDir, op.snapshot_id!), 'rootfs', 'state.txt'), 'utf8'), 'v1\n');
+  t.equal(snapshotFile(srv.dataDir, op.snapshot_id!, 'state.txt'), 'v1\n');
 });
 
 t.test('a container process writes its own files; a fork made from it diverges', async (t) => {
@@ -152,11 +152,10 @@ t.test('app-consistent snapshot of a busy writer is a frozen state and records f
     t.ok(op.warnings.some((x) => /frozen for [0-9.]+ ms/.test(x)), op.warnings.join('; '));
     t.type(snap.frozen_ms, 'number');
     t.ok(snap.frozen_ms! > 0);
-    const root = join(snapshotDirOf(srv.dataDir, snap.snapshot_id), 'rootfs');
-    const lines = readFileSync(join(root, 'log.txt'), 'utf8').split('\n').filter(Boolean).map(Number);
+    const lines = (snapshotFile(srv.dataDir, snap.snapshot_id, 'log.txt') ?? '').split('\n').filter(Boolean).map(Number);
     const last = lines[lines.length - 1]!;
     t.equal(lines.length, last, 'the log is whole: 1..n');
-    const b = Number(readFileSync(join(root, 'b.txt'), 'utf8').trim());
+    const b = Number((snapshotFile(srv.dataDir, snap.snapshot_id, 'b.txt') ?? '').trim());
     t.ok(b === last || b === last - 1, `b.txt (${b}) agrees with the log's last line (${last})`);
   }
   // the writer was thawed: it keeps writing
@@ -204,7 +203,7 @@ t.test('pins and in-use snapshots', async (t) => {
   const del2 = await srv.api('DELETE', `/api/snapshots/${s.snapshot_id}`, token);
   t.equal(del2.status, 204);
   t.equal((await srv.api<{ error: { code: string } }>('GET', `/api/snapshots/${s.snapshot_id}`, token)).body.error.code, 'SNAPSHOT_NOT_FOUND');
-  await waitUntil(async () => !existsSync(snapshotDirOf(srv.dataDir, s.snapshot_id)), 'the snapshot tree to be removed');
+  await waitUntil(async () => !snapshotExists(srv.dataDir, s.snapshot_id), 'the snapshot layer to be removed');
   t.pass('tree removed');
 
   // a snapshot with a live clone is in use until the clone is deleted
@@ -252,10 +251,10 @@ t.test('TTL garbage collection of expired unpinned snapshots; pinned ones surviv
   t.ok(Date.parse(marker.expires_at!) >= Date.parse(kept.expires_at!), 'the marker expires no earlier than the pinned snapshot');
   await waitUntil(async () => (await srv.api('GET', `/api/snapshots/${gone.snapshot_id}`, token)).status === 404, 'the expired snapshot to be collected', 20_000);
   await waitUntil(async () => (await srv.api('GET', `/api/snapshots/${marker.snapshot_id}`, token)).status === 404, 'the marker to be collected', 20_000);
-  await waitUntil(async () => !existsSync(snapshotDirOf(srv.dataDir, gone.snapshot_id)), 'the expired tree to be removed');
+  await waitUntil(async () => !snapshotExists(srv.dataDir, gone.snapshot_id), 'the expired layer to be removed');
   t.pass('expired snapshot and its tree collected');
   t.equal((await srv.api('GET', `/api/snapshots/${kept.snapshot_id}`, token)).status, 200, 'pinned survives');
-  t.ok(existsSync(snapshotDirOf(srv.dataDir, kept.snapshot_id)));
+  t.ok(snapshotExists(srv.dataDir, kept.snapshot_id));
 });
 
 t.test('bad input', async (t) => {

@@ -13,7 +13,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { freshDataDir, startServer, type TestServer } from '../support/server.js';
 import { waitUntil } from '../support/attach.js';
-import { cleanupContainers, forceRuntimeCleanup, makeFixture, mutate, rootfsOf, runtimeState, snapshotDirOf, type Op } from './helpers.js';
+import { cleanupContainers, forceRuntimeCleanup, makeFixture, mutate, containerDirOf, rootfsOf, runtimeState, snapshotExists, snapshotFile, type Op } from './helpers.js';
 
 const weaverRuntimeState = (dataDir: string, id: string): string | null => {
   const r = spawnSync('runc', ['--root', join(dataDir, 'local', 'runc'), 'state', id], { encoding: 'utf8' });
@@ -54,7 +54,7 @@ t.test('a container frozen by an app-consistent snapshot is thawed after a crash
   const resume = await srv.api<{ error: { code: string } }>('POST', `/api/containers/${cid}/resume`, token);
   t.equal(resume.status, 409);
   t.equal(resume.body.error.code, 'CONTAINER_ALREADY_RUNNING');
-  t.notOk(existsSync(join(dataDir, 'branching', 'runc.freezes', cid)), 'the freeze record is gone');
+  t.notOk(existsSync(join(dataDir, 'local', 'runc.freezes', cid)), 'the freeze record is gone');
 });
 
 t.test('a weaver frozen by an app-consistent snapshot is thawed after a crash', async (t) => {
@@ -108,7 +108,7 @@ t.test('a fork interrupted in its clone phase leaves no container and no snapsho
   const result = fork.body.result_container_id!;
   const sid = fork.body.snapshot_id!;
   // Snapshot phase: the copy is on disk, the snapshot not yet recorded ready.
-  await waitUntil(async () => existsSync(join(snapshotDirOf(dataDir, sid), 'rootfs', 'hello.txt')), 'snapshot copied');
+  await waitUntil(async () => snapshotFile(dataDir, sid, 'hello.txt') !== null, 'snapshot copied');
   t.equal((await srv.api<{ status: string }>('GET', `/api/snapshots/${sid}`, token)).body.status, 'creating', 'still in the snapshot phase');
   await srv.stop('SIGKILL');
   srv = await startServer({ dataDir, keepData: true, env });
@@ -136,8 +136,8 @@ t.test('a fork interrupted in its clone phase leaves no container and no snapsho
   t.equal(op.body.reason_code, 'INTERRUPTED');
   t.equal((await srv.api('GET', `/api/containers/${result2}`, token)).status, 404, 'the failed fork container record is removed');
   t.equal((await srv.api('GET', `/api/snapshots/${sid2}`, token)).status, 404, 'the intermediate snapshot is removed');
-  t.notOk(existsSync(snapshotDirOf(dataDir, sid2)), 'its tree too');
-  t.notOk(existsSync(join(dataDir, 'branching', 'containers', result2)), "the fork's files are gone");
+  t.notOk(snapshotExists(dataDir, sid2), 'its layer too');
+  t.notOk(existsSync(containerDirOf(dataDir, result2)), "the fork's files are gone");
   t.equal(runtimeState(dataDir, result2), null, 'no runtime container for the fork');
   t.equal((await srv.api<{ status: string }>('GET', `/api/containers/${cid}`, token)).body.status, 'running', 'the source runs on');
   // and forking works again

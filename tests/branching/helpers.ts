@@ -1,6 +1,6 @@
 /** Helpers of the branching tests: a busybox fixture rootfs, operation polling and cleanup. */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestServer } from '../support/server.js';
@@ -23,8 +23,48 @@ export function makeFixture(): { dir: string; rootfs: string; cleanup(): void } 
   return { dir, rootfs, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-export const rootfsOf = (dataDir: string, containerId: string) => join(dataDir, 'branching', 'containers', containerId, 'vol', 'rootfs');
-export const snapshotDirOf = (dataDir: string, snapshotId: string) => join(dataDir, 'branching', 'snapshots', snapshotId);
+/** A container's root filesystem: the mount of its active layer in its bundle on the local runtime stack. */
+export const rootfsOf = (dataDir: string, containerId: string) => join(dataDir, 'local', 'containers', containerId, 'rootfs');
+export const containerDirOf = (dataDir: string, containerId: string) => join(dataDir, 'local', 'containers', containerId);
+
+interface LayerMeta { entries: Record<string, { id: string; parent: string | null }> }
+const layersDir = (dataDir: string) => join(dataDir, 'local', 'layers');
+function layerMeta(dataDir: string): LayerMeta {
+  try {
+    return JSON.parse(readFileSync(join(layersDir(dataDir), 'metadata.json'), 'utf8')) as LayerMeta;
+  } catch {
+    return { entries: {} };
+  }
+}
+
+/** Whether the snapshot's committed layer is in the layer store (its entry and its directory). */
+export function snapshotExists(dataDir: string, snapshotId: string): boolean {
+  const e = layerMeta(dataDir).entries[`snapshot/${snapshotId}`];
+  return !!e && existsSync(join(layersDir(dataDir), 'l', e.id));
+}
+
+/**
+ * A file as the snapshot shows it: its own layer first, then its parents' (overlayfs lookup
+ * order, read straight from the layer store without mounting). null when no layer has it or a
+ * whiteout hides it.
+ */
+export function snapshotFile(dataDir: string, snapshotId: string, rel: string): string | null {
+  const meta = layerMeta(dataDir);
+  let key: string | null = `snapshot/${snapshotId}`;
+  while (key) {
+    const e: { id: string; parent: string | null } | undefined = meta.entries[key];
+    if (!e) return null;
+    const p = join(layersDir(dataDir), 'l', e.id, 'fs', rel);
+    try {
+      const st = lstatSync(p);
+      if (st.isCharacterDevice() && st.rdev === 0) return null;
+      return readFileSync(p, 'utf8');
+    } catch {
+      key = e.parent;
+    }
+  }
+  return null;
+}
 
 /** Long-polls the operation until it is final. */
 export async function waitOp(srv: TestServer, token: string, id: string, timeoutMs = 60_000): Promise<Op> {
@@ -45,7 +85,7 @@ export async function mutate(srv: TestServer, token: string, method: string, pat
 }
 
 export function runtimeState(dataDir: string, id: string): string | null {
-  const r = spawnSync('runc', ['--root', join(dataDir, 'branching', 'runc'), 'state', id], { encoding: 'utf8' });
+  const r = spawnSync('runc', ['--root', join(dataDir, 'local', 'runc'), 'state', id], { encoding: 'utf8' });
   if (r.status !== 0) return null;
   return (JSON.parse(r.stdout) as { status: string }).status;
 }
@@ -62,9 +102,17 @@ export async function cleanupContainers(srv: TestServer, tokens: string[]): Prom
   forceRuntimeCleanup(srv.dataDir);
 }
 
+/** Forces away the runtime containers of this data dir's seed containers (not its weavers). */
 export function forceRuntimeCleanup(dataDir: string): void {
-  const root = join(dataDir, 'branching', 'runc');
-  const r = spawnSync('runc', ['--root', root, 'list', '-q'], { encoding: 'utf8' });
-  for (const id of (r.stdout ?? '').split('\n').filter(Boolean)) spawnSync('runc', ['--root', root, 'delete', '--force', id], { stdio: 'ignore' });
+  const root = join(dataDir, 'local', 'runc');
+  const r = spawnSync('runc', ['--root', root, 'list', '--format', 'json'], { encoding: 'utf8' });
+  let list: Array<{ id: string; bundle: string }> = [];
+  try {
+    list = (JSON.parse(r.stdout || 'null') as Array<{ id: string; bundle: string }> | null) ?? [];
+  } catch {
+    list = [];
+  }
+  const mine = `${join(dataDir, 'local', 'containers')}/`;
+  for (const c of list) if (c.bundle.startsWith(mine)) spawnSync('runc', ['--root', root, 'delete', '--force', c.id], { stdio: 'ignore' });
 }
 

@@ -43,7 +43,7 @@ t.teardown(async () => {
   fx.cleanup();
 });
 
-const containerDirs = () => readdirSync(join(srv.dataDir, 'branching', 'containers'));
+const containerDirs = () => (existsSync(join(srv.dataDir, 'local', 'containers')) ? readdirSync(join(srv.dataDir, 'local', 'containers')) : []);
 const count = async (tok: string) => (await srv.api<{ count: number }>('GET', '/api/containers', tok)).body.count;
 const cmd = ['/bin/sh', '-c', 'sleep 60'];
 
@@ -61,7 +61,7 @@ t.test('an admin: system trees, symlinks out, and paths outside the roots are on
   const paths = [
     '/etc', '/dev', '/proc/sys', '/sys/kernel', '/', '/usr', '/nonexistent/rootfs', outsider,
     join(importRoot, 'to-etc'), join(importRoot, 'to-root'), join(importRoot, 'to-outside'), join(importRoot, 'missing'),
-    join(importRoot, 'rootfs', 'hello.txt'), `${fx.rootfs}/../rootfs`, 'relative/rootfs', join(srv.dataDir, 'branching'),
+    join(importRoot, 'rootfs', 'hello.txt'), `${fx.rootfs}/../rootfs`, 'relative/rootfs', join(srv.dataDir, 'local'),
   ];
   const messages = new Set<string>();
   for (const p of paths) {

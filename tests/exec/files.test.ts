@@ -68,6 +68,21 @@ t.test('files in a running local weaver', async (t) => {
     }
     t.equal(got, n * chunk.length);
     t.equal(h2.digest('hex'), want);
+
+    // A download abandoned after its first bytes ends the tool reading the file in the weaver.
+    const readers = async () =>
+      (await alice.exec(id, ['sh', '-c', 'for p in /proc/[0-9]*; do tr "\\0" " " < $p/cmdline 2>/dev/null; echo; done'])).stdout
+        .split('\n')
+        .filter((l) => l.includes('cat /workspace/big'));
+    const partial = await alice.download(id, '/workspace/big');
+    for await (const c of partial.body) {
+      t.ok((c as Buffer).length > 0, 'the download started');
+      t.ok((await readers()).length > 0, 'the tool is still reading (the client is not)');
+      break; // leaving the loop destroys the response
+    }
+    let left = await readers();
+    for (let i = 0; i < 200 && left.length > 0; i++) left = await readers();
+    t.same(left, [], 'no reader left in the weaver');
     await alice.exec(id, ['rm', '/workspace/big']);
   });
 

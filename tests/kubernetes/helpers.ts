@@ -30,7 +30,7 @@ export function k8sConfig(over: Partial<KubernetesWeaverConfig> = {}): Kubernete
     k8sNamespace: 'loom-weavers',
     kubeconfig: '',
     imagePullSecrets: [],
-    audit: { enabled: false, image: '', batchIntervalMs: 100, bufferMaxBytes: 268435456, metricsPort: 9090, healthPort: 9091, retentionDays: 30, maxEventsPerWeaver: 1000000 },
+    audit: { enabled: false, image: '', batchIntervalMs: 100, bufferMaxBytes: 268435456, metricsPort: 9090, healthPort: 9091, serverUrl: '', retentionDays: 30, maxEventsPerWeaver: 1000000 },
     ...over,
   };
 }

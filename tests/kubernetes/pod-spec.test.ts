@@ -6,7 +6,7 @@ import { isValidLabelValue, isValidPodName, toLabelValue } from '../../src/provi
 import { extraPodChecks, type JsonPod } from '../support/k8s-standin/index.js';
 import { spec } from './helpers.js';
 
-const audit = { enabled: true, image: 'ghcr.io/loom/audit-sidecar:1.0', batchIntervalMs: 250, bufferMaxBytes: 64 * 1024 * 1024, metricsPort: 9090, healthPort: 9091, retentionDays: 30, maxEventsPerWeaver: 1000000 };
+const audit = { enabled: true, image: 'ghcr.io/loom/audit-sidecar:1.0', batchIntervalMs: 250, bufferMaxBytes: 64 * 1024 * 1024, metricsPort: 9090, healthPort: 9091, serverUrl: 'http://loom.loom-system.svc:18090', retentionDays: 30, maxEventsPerWeaver: 1000000 };
 const noAudit = { ...audit, enabled: false };
 
 /** The pod as it goes over the wire, validated like the API server would (schema + a few rules). */
@@ -169,8 +169,14 @@ t.test('audit sidecar is a native sidecar with the configured settings', async (
   t.same(sc.command, ['loom-audit-sidecar'], 'runs the audit sidecar bin');
   t.equal(env.LOOM_AUDIT_WEAVER_ID, s.id);
   t.equal(env.LOOM_AUDIT_ORG_ID, s.orgId);
-  const tokenEnv = (sc.env ?? []).find((e) => e.name === 'LOOM_AUDIT_TOKEN');
-  t.same(tokenEnv?.valueFrom?.secretKeyRef, { name: `loom-audit-${s.id}`, key: 'token' }, 'the credential comes from a Secret, not the pod spec');
+  // the credential: a file from the weaver's own Secret, mounted read-only into the sidecar alone
+  t.notOk((sc.env ?? []).some((e) => e.name === 'LOOM_AUDIT_TOKEN'), 'no token in the env');
+  t.equal(env.LOOM_AUDIT_TOKEN_FILE, '/var/run/loom-audit/token');
+  t.same((sc.volumeMounts ?? []).find((m) => m.name === 'audit-token'), { name: 'audit-token', mountPath: '/var/run/loom-audit', readOnly: true });
+  const tokenVol = (pod.spec!.volumes ?? []).find((v) => v.name === 'audit-token');
+  t.same(tokenVol?.secret, { secretName: `loom-audit-${s.id}`, defaultMode: 0o400, items: [{ key: 'token', path: 'token' }] }, 'the weaver\'s Secret, owner-read only');
+  t.notOk([...pod.spec!.containers, ...init.slice(1)].some((c) => (c.volumeMounts ?? []).some((m) => m.name === 'audit-token')), 'no other container mounts it');
+  t.equal(env.LOOM_AUDIT_SERVER_URL, 'http://loom.loom-system.svc:18090', 'the server URL from the config');
   t.equal((sc.env ?? []).find((e) => e.name === 'LOOM_AUDIT_POD_UID')?.valueFrom?.fieldRef?.fieldPath, 'metadata.uid', 'the pod UID finds its cgroup');
   const vols = Object.fromEntries((pod.spec!.volumes ?? []).map((v) => [v.name, v]));
   t.equal(vols['host-cgroup']?.hostPath?.path, '/sys/fs/cgroup');

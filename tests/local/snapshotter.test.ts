@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { OverlaySnapshotter, MAX_CHAIN } from '../../src/provisioners/local/snapshotter/overlay.js';
+import { OverlaySnapshotter, MAX_CHAIN, FLATTEN_AT } from '../../src/provisioners/local/snapshotter/overlay.js';
 import { haveTool, loopFs, tempDir, type FsKind, type TeardownHost } from '../native/helpers.js';
 
 const CI = process.env.CI === 'true';
@@ -154,6 +154,75 @@ t.test('a long chain under a long path mounts within the mount-option limit, and
   for (const i of [0, 1, depth - 1]) t.equal(readFileSync(join(target, `f${i}`), 'utf8'), String(i), `layer ${i} in the flattened layer`);
   await s.unmount(target);
   t.notOk(s.list().some((i) => i.kind === 'view'), 'the flatten view is gone');
+});
+
+t.test('fork chains past the bound are flattened in the background; layers mounted on the old chain keep it', async (t) => {
+  const dir = tempDir(t, 'loom-snapshotter-flatten-');
+  const { snapshotter: s } = await OverlaySnapshotter.open(join(dir, 'store'));
+  const failures: unknown[] = [];
+  s.onBackgroundError = (_k, e) => failures.push(e);
+  const src = join(dir, 'src');
+  mkdirSync(src);
+  writeFileSync(join(src, 'base'), 'base');
+  await s.importTree('image/x', src);
+  // Each generation forks the last: an active layer on the previous snapshot, mounted, written,
+  // snapshotted while mounted (as a weaver fork does). More generations than MAX_CHAIN: without
+  // flattening the prepare at generation MAX_CHAIN+1 would be refused.
+  const generations = MAX_CHAIN + 6;
+  const keep = 10; // stays mounted on its (old, deep) chain throughout
+  let parent = 'image/x';
+  let deepest = 0;
+  const targets: string[] = [];
+  for (let i = 1; i <= generations; i++) {
+    await s.prepare(`w/${i}`, parent);
+    const target = mountTarget(t, dir, `g${i}`, s);
+    targets[i] = target;
+    await s.mount(`w/${i}`, target);
+    writeFileSync(join(target, `f${i}`), String(i));
+    if (i > 1) rmSync(join(target, `f${i - 1}`)); // a whiteout on every layer
+    await s.snapshot(`snap/${i}`, `w/${i}`);
+    await s.idle(); // background work done, so the next generation sees its result (no timing)
+    deepest = Math.max(deepest, s.chain(`snap/${i}`).length);
+    if (i > 1 && i - 1 !== keep) {
+      await s.unmount(targets[i - 1]!);
+      await s.remove(`w/${i - 1}`);
+    }
+    parent = `snap/${i}`;
+  }
+  t.same(failures, [], 'no background failure');
+  t.ok(deepest <= FLATTEN_AT, `no snapshot chain deeper than ${FLATTEN_AT} (deepest ${deepest})`);
+  t.equal(s.stat(`snap/${FLATTEN_AT}`)?.labels['loom.flattened'], 'true', 'the first snapshot at the bound was flattened');
+  const last = targets[generations]!;
+  t.equal(readFileSync(join(last, 'base'), 'utf8'), 'base', 'the image file through the flattened chain');
+  t.equal(readFileSync(join(last, `f${generations}`), 'utf8'), String(generations));
+  t.notOk(existsSync(join(last, `f${generations - 1}`)), 'whiteouts survive flattening');
+  const opts = s.mounts(`w/${generations}`)[0]!.options.join(',');
+  t.ok(opts.length < 4096, `mount options within one page (${opts.length} bytes)`);
+  // The layer mounted before the flattening still reads its own chain, kept as retired entries.
+  const old = targets[keep]!;
+  t.equal(readFileSync(join(old, `f${keep}`), 'utf8'), String(keep), 'the old mount still works');
+  t.equal(readFileSync(join(old, 'base'), 'utf8'), 'base');
+  t.equal(s.list().filter((i) => i.key.startsWith('retired/')).length, 0, 'nothing retired: the keeper\'s chain (depth 9) was never flattened');
+  // A layer mounted on a snapshot that is then flattened (a fork started before the background work ran).
+  await s.prepare('deep', `snap/${generations}`);
+  const deepT = mountTarget(t, dir, 'deep', s);
+  await s.mount('deep', deepT);
+  const before = s.chain('deep').length;
+  await s.rebase(`snap/${generations}`);
+  t.ok(s.list().some((i) => i.key.startsWith('retired/')), 'the rebased tree is retired while a layer is mounted on it');
+  t.equal(s.chain('deep').length, 1, `a remount would use the flattened layer (was ${before} lowers)`);
+  t.equal(readFileSync(join(deepT, `f${generations}`), 'utf8'), String(generations), 'the mounted layer still reads its old chain');
+  await t.rejects(s.remove(`snap/${generations - 1}`), { code: 'SNAPSHOT_IN_USE' }, 'the retired tree pins its parent');
+  await s.unmount(deepT);
+  await s.remove('deep');
+  t.equal(s.list().filter((i) => i.key.startsWith('retired/')).length, 0, 'the retired tree went with the last layer mounted on it');
+  // Everything down: no layer directory is left that no entry names.
+  for (const i of [keep, generations]) {
+    await s.unmount(targets[i]!);
+    await s.remove(`w/${i}`);
+  }
+  for (const info of s.list().reverse()) await s.remove(info.key);
+  t.same(readdirSync(join(dir, 'store', 'l')), [], 'every layer directory removed');
 });
 
 t.test('a process killed mid-copy leaves no half-written layer after reopening', async (t) => {

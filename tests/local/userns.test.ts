@@ -121,7 +121,7 @@ t.test('a branching container runs in the same user namespace: root inside is ba
   const made = statSync(join(rootfs, 'map'));
   t.same([made.uid, made.gid], [BASE, BASE], 'a file root wrote inside is owned by base on the host');
   t.equal(statSync(join(rootfs, 'hello.txt')).uid, BASE, 'the registered tree was shifted into the range');
-  const state = JSON.parse(readFileSync(join(srv.dataDir, 'branching', 'runc', id, 'state.json'), 'utf8')) as { init_process_pid: number };
+  const state = JSON.parse(readFileSync(join(srv.dataDir, 'local', 'runc', id, 'state.json'), 'utf8')) as { init_process_pid: number };
   const uids = /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(readFileSync(`/proc/${state.init_process_pid}/status`, 'utf8'))!.slice(1).map(Number);
   t.same(uids, [BASE, BASE, BASE, BASE], "the container's init (root inside) is host uid base, not 0");
 });

@@ -58,12 +58,14 @@ export const FULL_SAMPLE = {
       bufferMaxBytes: 1073741824,
       metricsPort: 9190,
       healthPort: 9191,
+      serverUrl: 'http://loom.loom-system.svc:18090',
       retentionDays: 7,
       maxEventsPerWeaver: 5000,
     },
   },
   branching: { gcIntervalSecs: 300, importRoots: ['/srv/rootfs', '/data/images'], archiveMaxBytes: 4294967296 },
   secrets: { masterKeyFile: '/run/keys/loom-master.key', tmpfsSize: '4Mi', kubernetesUrl: 'http://loom.loom-system.svc:18090' },
+  tunnel: { udpAddress: '0.0.0.0:51820', udpEndpoint: 'loom.example.com:51820' },
 };
 
 const FULL_ENV = {
@@ -100,6 +102,7 @@ const FULL_ENV = {
   LOOM_SERVER_WEAVER_AUDIT_BUFFER_MAX_BYTES: '1073741824',
   LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT: '9190',
   LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT: '9191',
+  LOOM_SERVER_WEAVER_AUDIT_SERVER_URL: 'http://loom.loom-system.svc:18090',
   LOOM_SERVER_WEAVER_AUDIT_RETENTION_DAYS: '7',
   LOOM_SERVER_WEAVER_AUDIT_MAX_EVENTS_PER_WEAVER: '5000',
   LOOM_SERVER_WEAVER_K8S_NETWORK_POLICIES: 'false',
@@ -127,6 +130,8 @@ const FULL_ENV = {
   LOOM_SECRETS_MASTER_KEY_FILE: '/run/keys/loom-master.key',
   LOOM_SECRETS_TMPFS_SIZE: '4Mi',
   LOOM_SECRETS_K8S_URL: 'http://loom.loom-system.svc:18090',
+  LOOM_TUNNEL_UDP_ADDR: '0.0.0.0:51820',
+  LOOM_TUNNEL_UDP_ENDPOINT: 'loom.example.com:51820',
 };
 
 const DEFAULT_ENV = {

@@ -175,7 +175,7 @@ t.test('loom-server unit: local backend runs as root with the bounded capability
     t.ok(caps.includes(c), c);
   }
   for (const c of ['CAP_SYS_MODULE', 'CAP_SYS_TIME', 'CAP_SYS_BOOT', 'CAP_SYS_RAWIO']) t.notOk(caps.includes(c), `not ${c}`);
-  t.same(u.path, ['runc', 'crun', 'conmon', 'skopeo', 'umoci', 'git', 'btrfs-progs', 'xfsprogs', 'util-linux', 'slirp4netns', 'busybox-static-bin']);
+  t.same(u.path, ['runc', 'crun', 'conmon', 'skopeo', 'umoci', 'git', 'btrfs-progs', 'xfsprogs', 'util-linux', 'slirp4netns', 'busybox-static-bin', 'wireguard-go', 'wireguard-tools', 'iproute2']);
 });
 
 t.test('loom-server unit: low port, data dir outside the state dir, environmentFile, firewall', async (t) => {
@@ -186,6 +186,10 @@ t.test('loom-server unit: low port, data dir outside the state dir, environmentF
   t.same(s.ReadWritePaths, ['/srv/loom']);
   t.equal(s.EnvironmentFile, '/run/secrets/loom.env');
   t.same(r.firewall.allowedTCPPorts, [443]);
+  t.same(r.firewall.allowedUDPPorts, [], 'no UDP port while the tunnel gateway is off');
+  const g = server({ enable: true, openFirewall: true, tunnel: { udpAddress: '0.0.0.0:51820' } });
+  t.same(g.firewall.allowedUDPPorts, [51820], 'the WireGuard gateway port');
+  t.equal(g.services['loom-server']!.environment.LOOM_TUNNEL_UDP_ADDR, '0.0.0.0:51820');
 });
 
 t.test('loom-server assertions', async (t) => {

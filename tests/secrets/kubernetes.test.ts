@@ -18,7 +18,7 @@ import { spec } from '../kubernetes/helpers.js';
 
 t.comment(`the flow test runs loom-server against the ${STANDIN_BANNER}`);
 
-const audit = { enabled: false, image: '', batchIntervalMs: 100, bufferMaxBytes: 1 << 20, metricsPort: 9090, healthPort: 9091, retentionDays: 30, maxEventsPerWeaver: 1_000_000 };
+const audit = { enabled: false, image: '', batchIntervalMs: 100, bufferMaxBytes: 1 << 20, metricsPort: 9090, healthPort: 9091, serverUrl: '', retentionDays: 30, maxEventsPerWeaver: 1_000_000 };
 
 /** Every object in a JSON tree, for "no such key anywhere" checks. */
 function walk(v: unknown, visit: (o: Record<string, unknown>) => void): void {

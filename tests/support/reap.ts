@@ -8,7 +8,8 @@
  *                          the conmon processes named by the pid files in the data dir and
  *                          unmounts those containers' rootfs mounts.
  *   leftovers(dir)         what is still there: processes (conmon, or a container's init, whose
- *                          bundle/--root is under the dir or that sit in the ids' cgroups), cgroups
+ *                          bundle/--root is under the dir or that sit in the ids' cgroups, and
+ *                          hook helpers named by pid files under the dir), cgroups
  *                          /sys/fs/cgroup/<controller>/loom/<name with an id>, mounts under the
  *                          dir, and loop devices backed by files under it.
  *   cleanLeftovers(l)      kills, unmounts, detaches and removes them.
@@ -116,6 +117,16 @@ export function removeContainers(dataDir: string): string[] {
       }
     }
   });
+  // Helpers a RuntimeHook started beside a container (the tunnel's wireguard-go in the weaver's
+  // netns) outlive a bare `runc delete`; the provisioner's delete stops them, so do it here too.
+  for (const pid of hookProcesses(dataDir)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+      done.push(`hook process ${pid}`);
+    } catch {
+      /* already gone */
+    }
+  }
   // The removed containers' own mounts (their rootfs) go with them, as a delete would do.
   const ids = done.map((d) => UUID_RE.exec(d)?.[0]).filter((x): x is string => !!x);
   for (const m of mountsUnder(dataDir).sort((a, b) => b.length - a.length)) {
@@ -196,8 +207,22 @@ export function leftovers(dataDir: string, extraIds: string[] = []): Leftovers {
     if (cmd && cmd.includes(dataDir) && /(^|\/)conmon\s/.test(cmd)) pids.add(Number(d));
     if (cmd && cmd.includes(dataDir) && /(^|\/)(runc|crun)\s/.test(cmd)) pids.add(Number(d));
   }
+  for (const pid of hookProcesses(dataDir)) pids.add(pid);
   const processes = [...pids].map((pid) => ({ pid, cmd: cmdline(pid) ?? '?' })).filter((p) => p.cmd !== '?' && !isZombie(p.pid));
   return { processes, cgroups, mounts: mountsUnder(dataDir), loops: loopsUnder(dataDir) };
+}
+
+/** Live processes started by runtime hooks, found by the pid files they keep under the data dir (wireguard-go.pid). */
+function hookProcesses(dataDir: string): number[] {
+  const found: number[] = [];
+  // <dataDir>/local/weavers/<id>/hooks/tunnel/wireguard-go.pid
+  walk(dataDir, 6, (p, name) => {
+    if (name !== 'wireguard-go.pid') return;
+    const pid = Number(readFileSync(p, 'utf8').trim());
+    const cmd = pid > 0 ? cmdline(pid) : null;
+    if (cmd && cmd.includes('wireguard-go') && !isZombie(pid)) found.push(pid);
+  });
+  return found;
 }
 
 function isZombie(pid: number): boolean {

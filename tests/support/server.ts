@@ -35,6 +35,8 @@ export interface StartOptions {
   dataDir?: string;
   /** Keep the data dir after stop (for restart tests). */
   keepData?: boolean;
+  /** Another build's dist/server/main.js (an earlier release, for upgrade tests). */
+  serverBin?: string;
   /**
    * The test that owns the server. Its teardown is registered BEFORE the server starts, so a test
    * that fails anywhere after this still deletes its containers through the runtime, kills their
@@ -95,7 +97,8 @@ export async function startServer(opts: StartOptions = {}): Promise<TestServer> 
     NODE_ENV: 'test',
     ...opts.env,
   };
-  proc = spawn(process.execPath, [SERVER_BIN], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const bin = opts.serverBin ?? SERVER_BIN;
+  proc = spawn(process.execPath, [bin], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   liveServers.set(dataDir, proc);
   const logs: string[] = [];
   const url = await new Promise<string>((resolveUrl, reject) => {
@@ -138,7 +141,7 @@ export async function startServer(opts: StartOptions = {}): Promise<TestServer> 
       return stopping;
     },
     async token(user, admin = false) {
-      const args = [SERVER_BIN, 'admin', 'token', '--user', user, ...(admin ? ['--admin'] : [])];
+      const args = [bin, 'admin', 'token', '--user', user, ...(admin ? ['--admin'] : [])];
       const { stdout } = await run(process.execPath, args, { env });
       return stdout.trim();
     },

@@ -11,6 +11,7 @@ import type { User } from '../../server/auth/users.js';
 import type { Resource } from '../../server/orgs/access.js';
 import type { Provisioner } from '../../weaver/provisioner.js';
 import type { RuntimeHooks } from '../../provisioners/local/hooks.js';
+import type { PodAuditCredentials } from '../../provisioners/kubernetes/provisioner.js';
 import { auditMigrations } from './migrations.js';
 import { AuditStore } from './store.js';
 import { registerIngest, registerRead, type AuditRouteDeps } from './routes.js';
@@ -63,6 +64,19 @@ export function auditComponent(config: Config, log: Logger, deps: AuditComponent
       prune();
       pruneTimer = setInterval(prune, PRUNE_INTERVAL_MS);
       pruneTimer.unref();
+      // Kubernetes: each weaver pod's sidecar gets its own credential, minted here (hashed in our
+      // tables, bound to that weaver) and carried into the pod by the backend in a Secret.
+      const pods = deps.provisioner as { useAuditCredentials?: (c: PodAuditCredentials) => () => void };
+      if (audit.enabled && config.weaver.backend === 'kubernetes' && pods.useAuditCredentials) {
+        removeHook = pods.useAuditCredentials({
+          mint: (w) => {
+            const c = store!.mintCredential('pod', w.weaverId);
+            store!.bind(c.id, { weaver_id: w.weaverId, org_id: w.orgId, owner_user_id: w.ownerUserId });
+            return c.token;
+          },
+          revoke: (weaverId) => store!.revokeForWeaver(weaverId),
+        });
+      }
       const hooks = (deps.provisioner as { hooks?: RuntimeHooks }).hooks;
       if (audit.enabled && config.weaver.backend === 'local' && hooks) {
         sidecar = new LocalSidecar({

@@ -4,6 +4,9 @@ export type Status = 'healthy' | 'degraded' | 'unhealthy';
 export interface HealthInput {
   programsAttached: number;
   programsExpected: number;
+  /** the hook family the load probe chose, and why */
+  family: string;
+  familyReason: string;
   serverReachable: boolean;
   lastSuccessfulSend: Date | null;
   bufferedEvents: number;
@@ -23,7 +26,7 @@ export function health(h: HealthInput) {
     body: {
       status,
       components: {
-        ebpf: { status: ebpf, programs_attached: h.programsAttached, programs_expected: h.programsExpected },
+        ebpf: { status: ebpf, programs_attached: h.programsAttached, programs_expected: h.programsExpected, family: h.family, family_reason: h.familyReason },
         server: { status: server, last_successful_send: h.lastSuccessfulSend?.toISOString() ?? null, buffered_events: h.bufferedEvents },
         buffer: { status: buffer, size_bytes: h.bufferBytes, utilization_percent: Math.round(util * 100) / 100 },
       },

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { pino } from 'pino';
-import { bootToWall, ensureTracefs, loadAuditAddon, DEFAULT_SENSITIVE } from '../bpf.js';
+import { bootToWall, ensureTracefs, loadAuditAddon, openAudit, DEFAULT_SENSITIVE } from '../bpf.js';
 import { Collector } from './collector.js';
 import { DiskBuffer } from './buffer.js';
 import { SidecarMetrics } from './metrics.js';
@@ -59,15 +59,16 @@ async function main(): Promise<void> {
 
   ensureTracefs();
   const addon = loadAuditAddon();
+  // which program types this kernel loads at all (lsm is reported, not used: see ebpf/audit_fentry.bpf.c)
   const families = addon.probeFamilies();
-  // The LSM/fentry family is only probed: the tracepoint family is complete on its own and is what loads here.
-  log.info({ families }, 'hook families probed; using tracepoints');
   const pod = process.env.LOOM_AUDIT_WEAVER_ID ? podCgroup() : null;
-  const bpf = new addon.AuditBpf({ ringBytes, ancestorLevels: pod?.level ?? 0, sensitive: DEFAULT_SENSITIVE });
+  const { bpf, family, reason } = openAudit(addon, { ringBytes, ancestorLevels: pod?.level ?? 0, sensitive: DEFAULT_SENSITIVE });
+  log.info({ families, family, reason }, `audit hook family: ${family}`);
   if (bpf.failed.length) log.warn({ failed: bpf.failed }, 'some audit programs did not attach');
   const metrics = new SidecarMetrics();
   for (const p of bpf.attached) metrics.programsAttached.set({ program: p }, 1);
   for (const f of bpf.failed) metrics.programsAttached.set({ program: f.program }, 0);
+  for (const f of ['tracepoint', 'fentry'] as const) metrics.hookFamily.set({ family: f }, f === family ? 1 : 0);
   const expected = bpf.attached.length + bpf.failed.length;
 
   const buffer = new DiskBuffer(bufferDir, bufferMaxBytes);
@@ -123,6 +124,8 @@ async function main(): Promise<void> {
     const h = health({
       programsAttached: bpf.attached.length,
       programsExpected: expected,
+      family,
+      familyReason: reason,
       serverReachable: pipeline.serverReachable,
       lastSuccessfulSend: pipeline.lastSuccessfulSend,
       bufferedEvents: buffer.events,
@@ -134,7 +137,7 @@ async function main(): Promise<void> {
   const mPort = await listen(metricsSrv, metricsPort, listenAddr);
   const hPort = await listen(healthSrv, healthPort, listenAddr);
   // the supervisor waits for this line (ports may be 0 = any)
-  process.stdout.write(JSON.stringify({ ready: true, boot_id: bootId, metrics_port: mPort, health_port: hPort, attached: bpf.attached.length, families }) + '\n');
+  process.stdout.write(JSON.stringify({ ready: true, boot_id: bootId, metrics_port: mPort, health_port: hPort, attached: bpf.attached.length, families, family, family_reason: reason }) + '\n');
   log.info({ metricsPort: mPort, healthPort: hPort, attached: bpf.attached.length }, 'audit sidecar ready');
 
   let stopping = false;

@@ -12,6 +12,7 @@ export class SidecarMetrics {
   readonly bufferEvents = new Gauge({ name: 'loom_weaver_audit_buffer_events', help: 'events in the on-disk buffer', registers: [this.registry] });
   readonly bufferOldestAge = new Gauge({ name: 'loom_weaver_audit_buffer_oldest_event_age_seconds', help: 'age of the oldest buffered event', registers: [this.registry] });
   readonly programsAttached = new Gauge({ name: 'loom_weaver_audit_ebpf_programs_attached', help: '1 for each attached BPF program', labelNames: ['program'], registers: [this.registry] });
+  readonly hookFamily = new Gauge({ name: 'loom_weaver_audit_ebpf_hook_family', help: '1 for the hook family the load probe chose (fentry where the kernel allows it, else tracepoint)', labelNames: ['family'], registers: [this.registry] });
   readonly ringDropped = new Counter({ name: 'loom_weaver_audit_ebpf_ring_buffer_dropped_events_total', help: 'events the kernel could not write to the ring buffer (per-CPU loss counters)', registers: [this.registry] });
   readonly ringUtilization = new Gauge({ name: 'loom_weaver_audit_ebpf_ring_buffer_utilization_ratio', help: 'unconsumed share of the ring buffer', registers: [this.registry] });
 }

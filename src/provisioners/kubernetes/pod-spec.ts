@@ -35,8 +35,6 @@ export interface PodSpecOptions {
   gitImage?: string;
   /** Secrets: an init container fetches them from loom-server at url into an in-memory volume. */
   secrets?: { url: string; sizeLimit: string };
-  /** Where the audit sidecar delivers events (loom-server as reachable from pods). */
-  auditServerUrl?: string;
 }
 
 export const SECRETS_AUDIENCE = 'loom-secrets';
@@ -130,6 +128,9 @@ export const auditSecretName = (weaverId: string) => `loom-audit-${weaverId}`.sl
 const AUDIT_CGROUP_VOLUME = 'host-cgroup';
 const AUDIT_TRACEFS_VOLUME = 'host-tracefs';
 const AUDIT_BUFFER_VOLUME = 'audit-buffer';
+const AUDIT_TOKEN_VOLUME = 'audit-token';
+/** Where the audit sidecar reads its credential (the Secret, mounted read-only). */
+export const AUDIT_TOKEN_DIR = '/var/run/loom-audit';
 
 function auditSidecar(spec: WeaverSpec, audit: AuditSettings, serverUrl: string): V1Container {
   // The buffer may fill to bufferMaxBytes; leave room for the process itself.
@@ -145,6 +146,8 @@ function auditSidecar(spec: WeaverSpec, audit: AuditSettings, serverUrl: string)
       // per-syscall tracepoint ids: the host's tracefs, since the sidecar may not mount one
       { name: AUDIT_TRACEFS_VOLUME, mountPath: '/sys/kernel/tracing', readOnly: true },
       { name: AUDIT_BUFFER_VOLUME, mountPath: '/var/lib/loom-audit' },
+      // the credential loom-server minted for this weaver's pod (only its hash is kept there)
+      { name: AUDIT_TOKEN_VOLUME, mountPath: AUDIT_TOKEN_DIR, readOnly: true },
     ],
     // A native sidecar (Kubernetes >= 1.29): an init container that keeps running beside the main
     // container and is stopped once the main container ends, so it never keeps the pod alive.
@@ -168,8 +171,8 @@ function auditSidecar(spec: WeaverSpec, audit: AuditSettings, serverUrl: string)
       { name: 'LOOM_AUDIT_SERVER_URL', value: serverUrl },
       { name: 'LOOM_AUDIT_CGROUP_ROOT', value: '/host/sys/fs/cgroup' },
       { name: 'LOOM_AUDIT_BUFFER_DIR', value: '/var/lib/loom-audit/buffer' },
-      // the credential the server minted for this weaver's pod (stored hashed on the server)
-      { name: 'LOOM_AUDIT_TOKEN', valueFrom: { secretKeyRef: { name: auditSecretName(spec.id), key: 'token' } } },
+      // a file, not an env value: read at each send, never in the pod's env listing
+      { name: 'LOOM_AUDIT_TOKEN_FILE', value: `${AUDIT_TOKEN_DIR}/token` },
     ],
     livenessProbe: {
       httpGet: { path: '/health', port: 'health' },
@@ -234,13 +237,15 @@ export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
   };
 
   const initContainers: V1Container[] = [];
-  if (opts.audit.enabled) initContainers.push(auditSidecar(spec, opts.audit, opts.auditServerUrl ?? ''));
+  if (opts.audit.enabled) initContainers.push(auditSidecar(spec, opts.audit, opts.audit.serverUrl));
   const volumes: V1Volume[] = [{ name: WORKSPACE_VOLUME, emptyDir: {} }];
   if (opts.audit.enabled) {
     volumes.push(
       { name: AUDIT_CGROUP_VOLUME, hostPath: { path: '/sys/fs/cgroup', type: 'Directory' } },
       { name: AUDIT_TRACEFS_VOLUME, hostPath: { path: '/sys/kernel/tracing', type: 'Directory' } },
       { name: AUDIT_BUFFER_VOLUME, emptyDir: { sizeLimit: `${Math.ceil(opts.audit.bufferMaxBytes / MIB) + 16}Mi` } },
+      // only the audit sidecar mounts it; readable by its root user alone
+      { name: AUDIT_TOKEN_VOLUME, secret: { secretName: auditSecretName(spec.id), defaultMode: 0o400, items: [{ key: 'token', path: 'token' }] } },
     );
   }
   if (opts.secrets) {

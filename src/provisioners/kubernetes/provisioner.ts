@@ -2,7 +2,7 @@
  * The Kubernetes (k3s) backend: one pod per weaver in one namespace, status from a pod
  * informer (list + watch, never polling), attach and logs through the pod subresources.
  */
-import { AuthenticationV1Api, CoreV1Api, KubeConfig, ListWatch, NetworkingV1Api, Watch, type V1Pod } from '@kubernetes/client-node';
+import { AuthenticationV1Api, CoreV1Api, KubeConfig, ListWatch, NetworkingV1Api, Watch, type V1Pod, type V1Secret } from '@kubernetes/client-node';
 import { LoomError, errorMessage } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { WeaverConfig } from '../../server/config/load.js';
@@ -21,9 +21,9 @@ import type {
 import { attachPod } from './attach.js';
 import { execPod } from './exec.js';
 import { apiServerUrl, describeApiError, isNotFound, loadKubeConfig, withTimeout } from './client.js';
-import { MAIN_CONTAINER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_SELECTOR, WEAVER_ID_ANNOTATION, podName } from './labels.js';
+import { MAIN_CONTAINER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_SELECTOR, WEAVER_ID_ANNOTATION, WEAVER_ID_LABEL, podName, toLabelValue } from './labels.js';
 import { streamPodLog } from './logs.js';
-import { GIT_SECRET_ANNOTATION, buildPod, type PodSpecOptions } from './pod-spec.js';
+import { GIT_SECRET_ANNOTATION, auditSecretName, buildPod, type PodSpecOptions } from './pod-spec.js';
 import { podToWeaver, weaverIdOf } from './status.js';
 import { DEFAULT_INTERNAL_CIDRS, buildNetworkPolicies } from './network-policy.js';
 
@@ -54,6 +54,16 @@ export interface KubernetesProvisionerOptions {
 
 type Informer = ListWatch<V1Pod>;
 
+/**
+ * The audit component's side of a weaver pod's credential: it mints one per weaver (stored hashed
+ * and bound to that weaver's identity, so ingest derives the weaver from it) and revokes it when
+ * the weaver goes. This backend only carries the token into the pod, in a Secret.
+ */
+export interface PodAuditCredentials {
+  mint(w: { weaverId: string; orgId: string; ownerUserId: string }): string;
+  revoke(weaverId: string): void;
+}
+
 const statusKey = (w: BackendWeaver): string => `${w.status}|${w.reason ?? ''}|${w.exitCode ?? ''}`;
 const TERMINAL = new Set(['succeeded', 'failed']);
 
@@ -82,6 +92,7 @@ export class KubernetesProvisioner implements Provisioner {
   private watchHealthy = false;
   private closed = false;
   private configError: LoomError | undefined;
+  private auditCredentials: PodAuditCredentials | null = null;
 
   constructor(opts: KubernetesProvisionerOptions) {
     this.namespace = opts.config.k8sNamespace;
@@ -303,16 +314,65 @@ export class KubernetesProvisioner implements Provisioner {
     if (!id) return;
     const prev = this.last.get(id) ?? podToWeaver(pod);
     this.last.delete(id);
+    // whoever removed the pod, its audit credential goes with it
+    if (this.podOpts.audit.enabled) {
+      this.deleteAuditSecret(id).catch((e: unknown) => this.log.warn({ backend: 'kubernetes', weaverId: id, err: errorMessage(e) }, 'removing the audit Secret of a gone pod failed'));
+    }
     if (this.deletedByUs.delete(id)) return;
     if (prev && TERMINAL.has(prev.status)) return;
     // Removed by someone else (kubectl delete, node loss, eviction cleanup).
     this.emit({ id, status: 'failed', reason: `pod ${pod.metadata?.name ?? podName(id)} was deleted outside Loom` });
   }
 
+  /** Set by the audit component when audit is on; returns the unset. */
+  useAuditCredentials(c: PodAuditCredentials): () => void {
+    this.auditCredentials = c;
+    return () => {
+      if (this.auditCredentials === c) this.auditCredentials = null;
+    };
+  }
+
+  /** Mints the weaver's audit credential and stores it in the Secret its pod's sidecar mounts. */
+  private async createAuditSecret(spec: WeaverSpec): Promise<void> {
+    // fail closed: a pod whose sidecar has no credential would run unaudited
+    if (!this.auditCredentials) throw new LoomError(503, 'audit_unavailable', 'audit is enabled but the audit component is not ready to mint pod credentials');
+    const name = auditSecretName(spec.id);
+    const token = this.auditCredentials.mint({ weaverId: spec.id, orgId: spec.orgId, ownerUserId: spec.ownerUserId });
+    const body: V1Secret = {
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: { name, namespace: this.namespace, labels: { [MANAGED_BY_LABEL]: MANAGED_BY_VALUE, [WEAVER_ID_LABEL]: toLabelValue(spec.id) } },
+      type: 'Opaque',
+      immutable: true,
+      data: { token: Buffer.from(token).toString('base64') },
+    };
+    try {
+      await withTimeout(this.api.createNamespacedSecret({ namespace: this.namespace, body }), this.timeoutMs, `creating Secret ${name}`);
+    } catch (e) {
+      this.auditCredentials.revoke(spec.id);
+      // a timeout may have stored it: remove whatever exists
+      await this.deleteAuditSecret(spec.id).catch(() => undefined);
+      throw this.apiError(e, `creating Secret ${name}`);
+    }
+  }
+
+  /** Revokes the weaver's audit credential and deletes its Secret (gone already is fine). */
+  private async deleteAuditSecret(id: string): Promise<void> {
+    this.auditCredentials?.revoke(id);
+    if (!this.podOpts.audit.enabled) return;
+    const name = auditSecretName(id);
+    try {
+      await withTimeout(this.api.deleteNamespacedSecret({ name, namespace: this.namespace }), this.timeoutMs, `deleting Secret ${name}`);
+    } catch (e) {
+      if (!isNotFound(e)) throw this.apiError(e, `deleting Secret ${name}`);
+    }
+  }
+
   async create(spec: WeaverSpec): Promise<void> {
     const pod = buildPod(spec, this.podOpts);
     const name = pod.metadata?.name ?? podName(spec.id);
     this.deletedByUs.delete(spec.id);
+    if (this.podOpts.audit.enabled) await this.createAuditSecret(spec);
     try {
       await withTimeout(this.api.createNamespacedPod({ namespace: this.namespace, body: pod }), this.timeoutMs, `creating pod ${name}`);
     } catch (e) {
@@ -325,6 +385,11 @@ export class KubernetesProvisioner implements Provisioner {
       await this.deletePod(name, spec.id).catch((de: unknown) => {
         this.log.warn({ backend: 'kubernetes', pod: name, err: errorMessage(de) }, 'cleanup of a failed create failed');
       });
+      if (f.httpStatus !== 409) {
+        await this.deleteAuditSecret(spec.id).catch((de: unknown) => {
+          this.log.warn({ backend: 'kubernetes', weaverId: spec.id, err: errorMessage(de) }, 'cleanup of the audit Secret of a failed create failed');
+        });
+      }
       if (f.httpStatus === 403 && /exceeded quota/i.test(f.message)) {
         throw new LoomError(429, 'quota_exceeded', `kubernetes namespace "${this.namespace}": ${f.message}`);
       }
@@ -396,6 +461,7 @@ export class KubernetesProvisioner implements Provisioner {
   /** Deletes the weaver's pod; a pod that is already gone is not an error. */
   async delete(id: string): Promise<void> {
     await this.deletePod(podName(id), id);
+    await this.deleteAuditSecret(id);
     this.log.info({ backend: 'kubernetes', weaverId: id, pod: podName(id) }, 'weaver pod deleted');
   }
 

@@ -14,7 +14,8 @@
  * main process. Without a tty, stdin/stdout/stderr are plain pipes handed straight to the process.
  */
 import { spawn } from 'node:child_process';
-import { promises as fsp } from 'node:fs';
+import { closeSync, promises as fsp } from 'node:fs';
+import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Readable, Writable } from 'node:stream';
@@ -23,6 +24,61 @@ import { packageRoot } from '../../common/package-root.js';
 import type { ExecExit, ExecProcess, ExecRequest } from '../../weaver/provisioner.js';
 import type { ContainerRuntime } from './runtime.js';
 import { exists } from './util.js';
+import { nativeAddon } from '../../branching/copy.js';
+
+/** Kernel buffer of the stdout pipe and size of a sink's read buffer (pipe-max-size is 1 MiB by default). */
+const BULK_BYTES = 1 << 20;
+
+/**
+ * stdout (without a tty) through a pipe this process owns, grown to 1 MiB: fewer wakeups than
+ * Node's 64 KiB child pipes, and with a sink one reused read buffer instead of a new 64 KiB Buffer
+ * per read — the garbage those made was what capped file downloads. null when the addon is missing.
+ */
+function bulkStdout(sink: ExecRequest['stdoutSink']): { writeFd: number; stream: Readable; done: Promise<void> } | null {
+  let p: { read: number; write: number };
+  try {
+    p = nativeAddon().pipe(BULK_BYTES);
+  } catch {
+    return null;
+  }
+  let sock: Socket;
+  if (sink) {
+    const buffer = Buffer.allocUnsafe(BULK_BYTES);
+    // `onread` is accepted by the constructor at run time (Node's net.js) though @types only lists it for connect().
+    sock = new Socket({
+      fd: p.read,
+      readable: true,
+      writable: false,
+      onread: {
+        buffer,
+        callback: (n: number, b: Buffer) => {
+          // Paused until the sink is done with the bytes: the buffer is read into again after that.
+          sock.pause();
+          sink(b.subarray(0, n), () => {
+            if (!sock.destroyed) sock.resume();
+          });
+          return false;
+        },
+      },
+    } as ConstructorParameters<typeof Socket>[0]);
+  } else sock = new Socket({ fd: p.read, readable: true, writable: false });
+  const done = new Promise<void>((resolve) => {
+    sock.on('close', () => resolve());
+    sock.on('error', () => resolve());
+  });
+  return { writeFd: p.write, stream: sock, done };
+}
+
+/** stdin through a 1 MiB pipe of our own (uploads: fewer partial writes and wakeups). */
+function bulkStdin(): { readFd: number; stream: Socket } | null {
+  let p: { read: number; write: number };
+  try {
+    p = nativeAddon().pipe(BULK_BYTES);
+  } catch {
+    return null;
+  }
+  return { readFd: p.read, stream: new Socket({ fd: p.write, readable: false, writable: true }) };
+}
 
 /** The helper built with the native addon by `npm ci`. */
 export async function ensureExecHelper(): Promise<string> {
@@ -76,19 +132,31 @@ export async function localExec(o: LocalExecOptions): Promise<ExecProcess> {
   rtArgs.push(o.id);
   const helperArgs = ['-p', files.pid, '-C', '3', '-S', '4'];
   if (o.req.tty) helperArgs.push('-t', '-s', files.sock, ...(o.req.cols && o.req.rows ? ['-c', String(o.req.cols), '-r', String(o.req.rows)] : []));
-  const child = spawn(o.helper, [...helperArgs, '--', o.runtime.info.path, ...rtArgs], {
-    stdio: [o.req.stdin ? 'pipe' : 'ignore', 'pipe', o.req.tty ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-  });
+  const bulk = o.req.tty ? null : bulkStdout(o.req.stdoutSink);
+  const bulkIn = o.req.tty || !o.req.stdin ? null : bulkStdin();
+  let child;
+  try {
+    child = spawn(o.helper, [...helperArgs, '--', o.runtime.info.path, ...rtArgs], {
+      stdio: [bulkIn ? bulkIn.readFd : o.req.stdin ? 'pipe' : 'ignore', bulk ? bulk.writeFd : 'pipe', o.req.tty ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    });
+  } finally {
+    // The process has its copy (or never started): ours must go, or stdout would never end.
+    if (bulk) closeSync(bulk.writeFd);
+    if (bulkIn) closeSync(bulkIn.readFd);
+  }
   const ctl = child.stdio[3] as Writable;
   const status = child.stdio[4] as Readable;
   ctl.on('error', () => undefined);
-  child.stdin?.on('error', () => undefined);
+  const stdin = bulkIn ? bulkIn.stream : child.stdin;
+  stdin?.on('error', () => undefined);
 
   let statusText = '';
   status.on('data', (b: Buffer) => (statusText += b.toString('utf8')));
   const exit = new Promise<ExecExit>((resolve) => {
     child.on('error', (e) => resolve({ exitCode: 126, error: `cannot run the exec helper: ${e.message}` }));
     child.on('close', async (code, signal) => {
+      // Our own stdout pipe is not one of the child's stdio streams: wait for its end too.
+      if (bulk) await bulk.done;
       ctl.destroy();
       const lines = statusText.split('\n');
       const exitLine = lines.find((l) => l.startsWith('exit '));
@@ -103,18 +171,21 @@ export async function localExec(o: LocalExecOptions): Promise<ExecProcess> {
       resolve(result);
     });
   });
-  const stdout = child.stdout!;
+  const stdout = bulk ? (o.req.stdoutSink ? Readable.from([]) : bulk.stream) : child.stdout!;
   const stderr = child.stderr ?? Readable.from([]);
   return {
-    stdin: child.stdin ?? null,
+    stdin: stdin ?? null,
     stdout,
     stderr,
+    sunk: !!(bulk && o.req.stdoutSink),
     exit,
     resize(cols, rows) {
       if (o.req.tty && !ctl.destroyed) ctl.write(`${cols | 0} ${rows | 0}\n`);
     },
     kill() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      // A paused sink never reads the end of its pipe: stop reading so `exit` can settle.
+      if (bulk && o.req.stdoutSink) bulk.stream.destroy();
     },
   };
 }

@@ -12,7 +12,7 @@
  * Weavers made by earlier releases (meta without `layout`) keep their layer/ (upper+work) and
  * workspace/ (bind-mounted at /workspace) until deleted; they cannot be snapshotted as layers.
  */
-import { promises as fsp, watch as fsWatch, type FSWatcher } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { LoomError, errorMessage } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
@@ -32,7 +32,8 @@ import { buildOciSpec } from './spec.js';
 import { grantSearch, hostId, type IdMap } from './idmap.js';
 import { RuntimeHooks, type HookContext } from './hooks.js';
 import { exists, readJson, run, sleep, writeJsonAtomic } from './util.js';
-import { OverlaySnapshotter } from './snapshotter/overlay.js';
+import type { OverlaySnapshotter } from './snapshotter/overlay.js';
+import { LocalStack } from './stack.js';
 import { KeyedMutex } from '../../common/keyed-mutex.js';
 import { followLog, readLogTail } from './logs.js';
 
@@ -112,8 +113,10 @@ export class LocalProvisioner implements Provisioner {
   /** The weavers' user namespace: container ids become host ids only through hostId(this.ids, …). */
   readonly ids: IdMap;
   private readonly materializer: Materializer;
-  private runtime: ContainerRuntime | null = null;
-  private layerStore: OverlaySnapshotter | null = null;
+  /** The one local runtime stack (runc root, exit watcher, layers), shared with seed containers. */
+  readonly stack: LocalStack;
+  private stackStarted = false;
+  private unwatchExits: (() => void) | null = null;
   private relay: RelayCommand | null = null;
   private execHelper: string | null = null;
   private toolboxSource: string | null = null;
@@ -121,7 +124,6 @@ export class LocalProvisioner implements Provisioner {
   private readonly live = new Map<string, Live>();
   private readonly lastEmitted = new Map<string, string>();
   private readonly mutex = new KeyedMutex();
-  private watcher: FSWatcher | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
   private defaultImage: Promise<unknown> | null = null;
   private started: Promise<void> | null = null;
@@ -133,7 +135,8 @@ export class LocalProvisioner implements Provisioner {
     this.log = opts.log.child({ component: 'local-provisioner' });
     this.base = join(opts.dataDir, 'local');
     this.weaversDir = join(this.base, 'weavers');
-    this.exitDir = join(this.base, 'exits');
+    this.stack = LocalStack.shared(opts.dataDir, opts.log, opts.runtime ?? 'auto');
+    this.exitDir = this.stack.exitDir;
     this.images = sharedImageStore(opts.dataDir, this.log, opts.pullTimeoutMs ?? 20_000);
     this.materializer = opts.materializer ?? new OverlayMaterializer();
     // The files API's tools: the host's static busybox, read-only at TOOLBOX in every weaver, so
@@ -149,8 +152,8 @@ export class LocalProvisioner implements Provisioner {
 
   /** The ContainerRuntime in use (after start()); the branching feature can share it. */
   get containerRuntime(): ContainerRuntime {
-    if (!this.runtime) throw new LoomError(503, 'backend_not_started', 'local provisioner not started');
-    return this.runtime;
+    if (!this.stackStarted) throw new LoomError(503, 'backend_not_started', 'local provisioner not started');
+    return this.stack.rt;
   }
 
   start(): Promise<void> {
@@ -159,7 +162,9 @@ export class LocalProvisioner implements Provisioner {
   }
 
   private async doStart(): Promise<void> {
-    for (const d of [this.base, this.weaversDir, this.exitDir, join(this.base, 'runc'), join(this.base, 'tmp')]) await fsp.mkdir(d, { recursive: true });
+    await this.stack.start();
+    this.stackStarted = true;
+    for (const d of [this.base, this.weaversDir]) await fsp.mkdir(d, { recursive: true });
     if (this.ids.base > 0) {
       // runc's init runs as the namespace's root (host uid/gid base) when it pivots into
       // weavers/<id>/rootfs: it needs search permission on every directory on that path.
@@ -167,16 +172,7 @@ export class LocalProvisioner implements Provisioner {
       await grantSearch(this.opts.dataDir, hostId(this.ids, 0));
       for (const d of [this.base, this.weaversDir]) await grantSearch(d, hostId(this.ids, 0));
     }
-    const info = await detectRuntime(this.opts.runtime ?? 'auto', join(this.base, 'tmp'));
-    this.runtime = new ContainerRuntime(info, join(this.base, 'runc'));
-    const opened = await OverlaySnapshotter.open(join(this.base, 'layers'));
-    this.layerStore = opened.snapshotter;
-    if (opened.report.removed.length || opened.report.interrupted.length) {
-      this.log.warn({ removed: opened.report.removed, interrupted: opened.report.interrupted.map((i) => i.key) }, 'layers: removed what an interrupted process left');
-    }
-    const thawed = await this.runtime.thawRecorded();
-    if (thawed.thawed.length) this.log.warn({ weavers: thawed.thawed }, 'thawed weavers left frozen by an interrupted snapshot');
-    for (const f of thawed.failed) this.log.error({ weaver: f.id, err: f.error }, 'thawing a weaver left frozen failed');
+    const info = this.stack.rt.info;
     this.relay = await ensureAttachRelay();
     this.execHelper = await ensureExecHelper();
     // Per-exec scratch files of a previous run (its helpers died with it: PR_SET_PDEATHSIG).
@@ -201,8 +197,8 @@ export class LocalProvisioner implements Provisioner {
 
   /** The layer store (after start()). */
   get layers(): OverlaySnapshotter {
-    if (!this.layerStore) throw new LoomError(503, 'backend_not_started', 'local provisioner not started');
-    return this.layerStore;
+    if (!this.stackStarted) throw new LoomError(503, 'backend_not_started', 'local provisioner not started');
+    return this.stack.layers;
   }
 
   private dir(id: string): string {
@@ -239,14 +235,7 @@ export class LocalProvisioner implements Provisioner {
   }
 
   private startExitWatcher(): void {
-    try {
-      this.watcher = fsWatch(this.exitDir, (_ev, file) => {
-        if (file) void this.checkExit(String(file));
-      });
-      this.watcher.on('error', () => undefined);
-    } catch (e) {
-      this.log.warn({ err: errorMessage(e) }, 'fs.watch on exit dir failed; polling only');
-    }
+    this.unwatchExits = this.stack.onExit((id) => void this.checkExit(id));
     let tick = 0;
     this.pollTimer = setInterval(() => {
       tick++;
@@ -321,6 +310,14 @@ export class LocalProvisioner implements Provisioner {
     const dir = join(this.weaversDir, id);
     const files = bundleFiles(dir);
     const t0 = Date.now();
+    // Where a start spends its time (logged with 'weaver running'; bench/layers/fork.ts prints it).
+    const phases: Record<string, number> = {};
+    let tp = performance.now();
+    const phase = (name: string) => {
+      const now = performance.now();
+      phases[name] = Math.round((now - tp) * 10) / 10;
+      tp = now;
+    };
     const fail = async (reason: string, toLog?: string) => {
       if (signal.aborted) return;
       if (toLog) await appendLogLine(files.log, toLog).catch(() => undefined);
@@ -345,6 +342,7 @@ export class LocalProvisioner implements Provisioner {
       }
       if (signal.aborted) return;
       const lower = resolved.rootfs;
+      phase('image');
       // 2. user
       const user = await resolveUser(resolved.config, lower);
       if ('error' in user) return await fail(user.error, `loom: ${user.error}`);
@@ -365,8 +363,10 @@ export class LocalProvisioner implements Provisioner {
       await fsp.mkdir(rootfs, { recursive: true });
       await this.layers.mount(weaverLayer(id), rootfs);
       const materializeMs = Date.now() - tm;
+      phase('layer');
       if (signal.aborted) return;
       const home = await prepareRootfs(rootfs, meta.hostname, user, this.opts.network === 'slirp4netns', this.ids);
+      phase('rootfsFiles');
       // 4. workspace (+ clone), inside the layer; a fork keeps the one it inherited
       const workspace = join(rootfs, 'workspace');
       const wsStat = await fsp.lstat(workspace);
@@ -418,6 +418,7 @@ export class LocalProvisioner implements Provisioner {
       const hookCtx = this.hookContext(spec.id, spec);
       await this.hooks.spec(hookCtx, oci, (h) => join(dir, 'hooks', h));
       await fsp.writeFile(files.config, JSON.stringify(oci));
+      phase('spec');
       // 6. create under conmon, network, hooks, start
       let pid: number;
       try {
@@ -425,6 +426,7 @@ export class LocalProvisioner implements Provisioner {
       } catch (e) {
         return await fail(`container create failed: ${errorMessage(e)}`);
       }
+      phase('create');
       if (signal.aborted) return;
       if (this.opts.network === 'slirp4netns') {
         meta.slirp = (await startSlirp(pid, join(dir, 'slirp.pid')).catch(() => null)) !== null;
@@ -437,16 +439,19 @@ export class LocalProvisioner implements Provisioner {
       }
       if (signal.aborted) return;
       try {
+        phase('createdHooks');
         await this.rt().start(id);
       } catch (e) {
         return await fail(`container start failed: ${errorMessage(e)}`);
       }
+      phase('start');
       if (signal.aborted) return;
       const startedAt = new Date();
       meta.phase = 'started';
       meta.startedAt = startedAt.toISOString();
       await writeJsonAtomic(join(dir, 'meta.json'), meta);
-      this.log.info({ weaver: id, image: resolved.image.name, ms: Date.now() - t0, materializeMs }, 'weaver running');
+      phase('meta');
+      this.log.info({ weaver: id, image: resolved.image.name, ms: Date.now() - t0, materializeMs, phases }, 'weaver running');
       this.setLive(id, { status: 'running', startedAt, abort: undefined });
       void this.checkExit(id); // a process that exits at once
     } catch (e) {
@@ -495,7 +500,8 @@ export class LocalProvisioner implements Provisioner {
 
   async list(): Promise<BackendWeaver[]> {
     await this.start();
-    const states = new Map((await this.rt().list()).map((s) => [s.id, s]));
+    // The runtime root is shared with seed containers: only states whose bundle is a weaver's are ours.
+    const states = new Map((await this.rt().list()).filter((s) => s.bundle.startsWith(`${this.weaversDir}/`)).map((s) => [s.id, s]));
     let ids: string[] = [];
     try {
       ids = await fsp.readdir(this.weaversDir);
@@ -634,9 +640,13 @@ export class LocalProvisioner implements Provisioner {
     return this.mutex.run(`snap:${id}`, async () => {
       const meta = await readJson<WeaverMeta>(join(dir, 'meta.json'));
       if (!meta || meta.phase !== 'started') throw new LoomError(409, 'WEAVER_NOT_RUNNING', `weaver ${id} is not running`);
-      if (!meta.layout) throw new LoomError(409, 'WEAVER_NOT_LAYERED', `weaver ${id} was created by an earlier release and has no layer to snapshot; snapshot it with POST /api/containers/${id}/snapshot, or recreate it`);
-      const st = await this.rt().state(id);
-      if (!st || (st.status !== 'running' && st.status !== 'paused')) throw new LoomError(409, 'WEAVER_NOT_RUNNING', `weaver ${id} is not running`);
+      if (!meta.layout) throw new LoomError(409, 'WEAVER_NOT_LAYERED', `weaver ${id} was created by an earlier release and has no layer to snapshot; recreate it`);
+      // The exit watcher's view spares a runtime call (a process spawn) on the fork path; a freeze
+      // needs the runtime's own state, and so does a weaver not adopted yet.
+      if (opts.freeze || this.live.get(id)?.status !== 'running') {
+        const st = await this.rt().state(id);
+        if (!st || (st.status !== 'running' && st.status !== 'paused')) throw new LoomError(409, 'WEAVER_NOT_RUNNING', `weaver ${id} is not running`);
+      }
       const name = snapshotLayer(snapshotId);
       const copy = () => this.layers.snapshot(name, weaverLayer(id), { weaver: id }, opts.signal ? { signal: opts.signal } : {});
       let frozenMs: number | null = null;
@@ -695,7 +705,8 @@ export class LocalProvisioner implements Provisioner {
     const known = new Set(knownIds);
     for (const l of this.live.values()) known.add(l.id); // ours, in flight
     const report: ReconcileReport = { adopted: [], orphansRemoved: [], missing: [] };
-    const states = new Map((await this.rt().list()).map((s) => [s.id, s]));
+    // The runtime root is shared with seed containers: only states whose bundle is a weaver's are ours.
+    const states = new Map((await this.rt().list()).filter((s) => s.bundle.startsWith(`${this.weaversDir}/`)).map((s) => [s.id, s]));
     let dirs: string[] = [];
     try {
       dirs = await fsp.readdir(this.weaversDir);
@@ -770,8 +781,10 @@ export class LocalProvisioner implements Provisioner {
 
   async close(): Promise<void> {
     this.closed = true;
-    this.watcher?.close();
-    this.watcher = null;
+    this.unwatchExits?.();
+    this.unwatchExits = null;
+    if (this.stackStarted) this.stack.close();
+    this.stackStarted = false;
     if (this.pollTimer) clearInterval(this.pollTimer);
     this.pollTimer = null;
     this.listeners.clear();
@@ -833,9 +846,8 @@ async function prepareRootfs(rootfs: string, hostname: string, user: { uid: numb
   const home = await writeRootfsFiles(rootfs, hostname, user, slirp);
   // What was written here is owned by the namespace's root, not the host's.
   const root = hostId(ids, 0);
-  for (const f of ['.', 'etc', 'etc/hostname', 'etc/hosts', 'etc/passwd', 'workspace', ...(slirp ? ['etc/resolv.conf'] : [])]) {
-    await fsp.lchown(join(rootfs, f), root, root).catch(() => undefined);
-  }
+  // Independent inodes: in parallel (this is on every start's and fork's path).
+  await Promise.all(['.', 'etc', 'etc/hostname', 'etc/hosts', 'etc/passwd', 'workspace', ...(slirp ? ['etc/resolv.conf'] : [])].map((f) => fsp.lchown(join(rootfs, f), root, root).catch(() => undefined)));
   return home;
 }
 
@@ -845,11 +857,13 @@ async function writeRootfsFiles(rootfs: string, hostname: string, user: { uid: n
   const etcStat = await fsp.lstat(etc).catch(() => null);
   if (etcStat?.isSymbolicLink()) throw new Error('the image\'s /etc is a symlink');
   if (!etcStat) await fsp.mkdir(etc);
-  await fsp.mkdir(join(rootfs, 'workspace'), { recursive: true });
-  await replaceFile(join(etc, 'hostname'), `${hostname}\n`);
-  await replaceFile(join(etc, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t${hostname}\n`);
-  if (slirp) await replaceFile(join(etc, 'resolv.conf'), SLIRP_RESOLV_CONF);
-  const passwd = await readPasswd(rootfs);
+  const [, , , , passwd] = await Promise.all([
+    fsp.mkdir(join(rootfs, 'workspace'), { recursive: true }),
+    replaceFile(join(etc, 'hostname'), `${hostname}\n`),
+    replaceFile(join(etc, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t${hostname}\n`),
+    slirp ? replaceFile(join(etc, 'resolv.conf'), SLIRP_RESOLV_CONF) : undefined,
+    readPasswd(rootfs),
+  ]);
   const entry = passwd.find((p) => p.uid === user.uid);
   if (entry) return entry.home || '/workspace';
   const pw = await fsp.lstat(join(etc, 'passwd')).catch(() => null);

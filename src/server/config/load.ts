@@ -63,6 +63,8 @@ export interface WeaverConfig {
     bufferMaxBytes: number;
     metricsPort: number;
     healthPort: number;
+    /** kubernetes: the URL weaver pods' audit sidecars deliver to */
+    serverUrl: string;
     retentionDays: number;
     maxEventsPerWeaver: number;
   };
@@ -83,6 +85,8 @@ export interface Config {
   quota: { user: QuotaLimit; org: QuotaLimit };
   minFreeDiskBytes: number;
   secrets: SecretsConfig;
+  /** WireGuard tunnels: the UDP gateway's bind address and the endpoint clients are told ('' = off / derived). */
+  tunnel: { udpAddr: string; udpEndpoint: string };
 }
 
 export interface SecretsConfig {
@@ -240,6 +244,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
         bufferMaxBytes: get<number>('LOOM_SERVER_WEAVER_AUDIT_BUFFER_MAX_BYTES'),
         metricsPort: get<number>('LOOM_SERVER_WEAVER_AUDIT_METRICS_PORT'),
         healthPort: get<number>('LOOM_SERVER_WEAVER_AUDIT_HEALTH_PORT'),
+        serverUrl: get<string>('LOOM_SERVER_WEAVER_AUDIT_SERVER_URL'),
         retentionDays: get<number>('LOOM_SERVER_WEAVER_AUDIT_RETENTION_DAYS'),
         maxEventsPerWeaver: get<number>('LOOM_SERVER_WEAVER_AUDIT_MAX_EVENTS_PER_WEAVER'),
       },
@@ -268,11 +273,17 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       tmpfsSize: get<string>('LOOM_SECRETS_TMPFS_SIZE'),
       kubernetesUrl: get<string>('LOOM_SECRETS_K8S_URL'),
     },
+    tunnel: { udpAddr: get<string>('LOOM_TUNNEL_UDP_ADDR'), udpEndpoint: get<string>('LOOM_TUNNEL_UDP_ENDPOINT') },
   };
   try {
     parseCidrs(cfg.weaver.git.allowedNetworks);
   } catch (e) {
     throw new ConfigError('LOOM_SERVER_WEAVER_GIT_ALLOWED_NETWORKS', (e as Error).message);
+  }
+  for (const name of ['LOOM_TUNNEL_UDP_ADDR', 'LOOM_TUNNEL_UDP_ENDPOINT']) {
+    const a = get<string>(name);
+    const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(a);
+    if (a && (!m || Number(m[2]) > 65535)) throw new ConfigError(name, 'host:port, e.g. 0.0.0.0:51820 or [::]:51820 (empty: off)');
   }
   for (const r of cfg.branching.importRoots) {
     if (!isAbsolute(r) || resolve(r) !== r) throw new ConfigError('LOOM_BRANCHING_IMPORT_ROOTS', `${JSON.stringify(r)} is not a normalized absolute path`);
@@ -291,6 +302,9 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
   if (badCidr !== undefined) throw new ConfigError('LOOM_SERVER_WEAVER_K8S_INTERNAL_CIDRS', `${JSON.stringify(badCidr)} (accepts comma-separated CIDRs such as 10.0.0.0/8,fc00::/7)`);
   if (cfg.weaver.audit.enabled && cfg.weaver.backend === 'kubernetes' && !cfg.weaver.audit.image) {
     throw new ConfigError('LOOM_SERVER_WEAVER_AUDIT_IMAGE', 'must be set when LOOM_SERVER_WEAVER_AUDIT_ENABLED is true on the kubernetes backend');
+  }
+  if (cfg.weaver.audit.enabled && cfg.weaver.backend === 'kubernetes' && !cfg.weaver.audit.serverUrl) {
+    throw new ConfigError('LOOM_SERVER_WEAVER_AUDIT_SERVER_URL', 'must be set when LOOM_SERVER_WEAVER_AUDIT_ENABLED is true on the kubernetes backend (the URL weaver pods reach loom-server at)');
   }
   return cfg;
 }

@@ -6,7 +6,9 @@
  * JSON over plain HTTP with a bearer token; namespaces GET; pods list/get/create/delete with
  * resourceVersions and label selectors; `?watch=true&resourceVersion=N` streams of
  * newline-delimited watch events (ADDED/MODIFIED/DELETED, ERROR 410 after compaction); the pod
- * log subresource (plain and follow); and the attach subresource over WebSocket with the
+ * log subresource (plain and follow); v1 Secrets (create/get/list/delete, schema-validated; the
+ * stand-in kubelet holds a pod in ContainerCreating while a secret volume's Secret is missing);
+ * and the attach subresource over WebSocket with the
  * channel protocol (v4.channel.k8s.io / channel.k8s.io). Errors are Status objects like the
  * real API server's. Pods are validated against the Kubernetes OpenAPI schema
  * (kubernetes-models) and rejected with 422 Invalid when they don't conform.
@@ -23,7 +25,7 @@ import { join } from 'node:path';
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { AddressInfo, Socket } from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
-import { Pod } from 'kubernetes-models/v1';
+import { Pod, Secret } from 'kubernetes-models/v1';
 import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1';
 import { WebSocketServer, type WebSocket } from 'ws';
 
@@ -191,6 +193,9 @@ export class K8sStandin {
   readonly networkPolicies = new Map<string, JsonObject>();
   // Their own resourceVersion counter: pod watches replay pod events by the pod counter.
   private npRv = 5000;
+  /** v1 Secrets by `<ns>/<name>`, as stored (wire JSON). */
+  readonly secrets = new Map<string, JsonObject>();
+  private secretRv = 8000;
   private readonly saTokens = new Map<string, { namespace: string; serviceAccount: string; podName: string; podUid: string; audience: string }>();
   /** The audiences every TokenReview asked for (a review without an audience is a test failure). */
   readonly tokenReviews: { audiences: string[] }[] = [];
@@ -516,6 +521,12 @@ export class K8sStandin {
       );
       return;
     }
+    // as a kubelet: no container starts while a secret volume's Secret does not exist
+    const missing = podSecretNames(p).find((sn) => !this.secrets.has(`${ns}/${sn}`));
+    if (missing) {
+      this.setWaiting(name, 'ContainerCreating', `MountVolume.SetUp failed for volume: secret "${missing}" not found`, main.name, ns);
+      return;
+    }
     if (main.image?.includes('does-not-exist')) {
       this.setWaiting(name, 'ErrImagePull', `rpc error: code = NotFound desc = failed to pull and unpack image "${main.image}": not found`, main.name, ns);
       return;
@@ -585,11 +596,48 @@ export class K8sStandin {
     if ((m = /^\/apis\/networking\.k8s\.io\/v1\/namespaces\/([^/]+)\/networkpolicies(?:\/([^/]+))?$/.exec(url.pathname))) {
       return this.networkPolicy(method, decodeURIComponent(m[1]), m[2] ? decodeURIComponent(m[2]) : null, req, res);
     }
+    if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/secrets(?:\/([^/]+))?$/.exec(url.pathname))) {
+      return this.secret(method, decodeURIComponent(m[1]), m[2] ? decodeURIComponent(m[2]) : null, query, req, res);
+    }
     if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/log$/.exec(url.pathname)) && method === 'GET') {
       return this.log(decodeURIComponent(m[1]), decodeURIComponent(m[2]), query, req, res);
     }
     if (url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews' && method === 'POST') return this.tokenReview(await this.body(req), res);
     return this.send(res, 404, status(404, 'NotFound', 'the server could not find the requested resource'));
+  }
+
+  /** v1 Secret: list (label selector), get, create (schema-validated, data base64), delete. */
+  private async secret(method: string, ns: string, name: string | null, query: Record<string, string>, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (!this.namespaces.has(ns)) return this.send(res, 404, status(404, 'NotFound', `namespaces "${ns}" not found`));
+    const key = (n: string) => `${ns}/${n}`;
+    if (!name) {
+      if (method === 'GET') {
+        const items = [...this.secrets.entries()].filter(([k, v]) => k.startsWith(`${ns}/`) && matchesSelector((v['metadata'] as JsonPod['metadata']).labels, query.labelSelector ?? null)).map(([, v]) => v);
+        return this.send(res, 200, { kind: 'SecretList', apiVersion: 'v1', metadata: { resourceVersion: String(this.secretRv) }, items });
+      }
+      if (method === 'POST') {
+        const body = (await this.body(req)) as JsonObject;
+        const n = String((body?.['metadata'] as JsonObject | undefined)?.['name'] ?? '');
+        const errs = validateSecret(body, ns);
+        if (errs.length) return this.send(res, 422, status(422, 'Invalid', `Secret "${n}" is invalid: ${errs.join('; ')}`, { name: n, kind: 'Secret', causes: errs.map((message) => ({ reason: 'FieldValueInvalid', message })) }));
+        if (this.secrets.has(key(n))) return this.send(res, 409, status(409, 'AlreadyExists', `secrets "${n}" already exists`, { name: n, kind: 'secrets' }));
+        const stored = { ...body, metadata: { ...(body['metadata'] as JsonObject), namespace: ns, uid: randomUUID(), resourceVersion: String(++this.secretRv), creationTimestamp: now() } };
+        this.secrets.set(key(n), stored);
+        // a pod waiting for this secret's volume can start now
+        if (this.kubelet === 'auto') for (const p of this.pods.values()) if (p.metadata.namespace === ns && podSecretNames(p).includes(n)) this.later(() => this.kubeletTick(ns, p.metadata.name), this.kubeletDelayMs);
+        return this.send(res, 201, stored);
+      }
+      return this.send(res, 405, status(405, 'MethodNotAllowed', `${method} not allowed`));
+    }
+    const cur = this.secrets.get(key(name));
+    if (!cur) return this.send(res, 404, status(404, 'NotFound', `secrets "${name}" not found`, { name, kind: 'secrets' }));
+    if (method === 'GET') return this.send(res, 200, cur);
+    if (method === 'DELETE') {
+      await this.body(req).catch(() => undefined);
+      this.secrets.delete(key(name));
+      return this.send(res, 200, status(200, 'Success', `secrets "${name}" deleted`));
+    }
+    return this.send(res, 405, status(405, 'MethodNotAllowed', `${method} not allowed`));
   }
 
   /** networking.k8s.io/v1 NetworkPolicy: list, get, create, replace (with resourceVersion), delete; schema-validated. */
@@ -912,6 +960,32 @@ function cs(c: { name: string; image?: string }, state: ContainerState, ready: b
 type JsonObject = Record<string, unknown>;
 
 /** A NetworkPolicy as the API server would check it: the published schema plus name and namespace rules. */
+/** The Secrets a pod mounts as volumes. */
+function podSecretNames(p: JsonPod): string[] {
+  const vols = ((p.spec as { volumes?: { secret?: { secretName?: string } }[] }).volumes ?? []);
+  return vols.map((v) => v.secret?.secretName).filter((n): n is string => typeof n === 'string');
+}
+
+export function validateSecret(body: JsonObject | undefined, ns: string): string[] {
+  const errs: string[] = [];
+  if (!body || typeof body !== 'object') return ['body must be a Secret object'];
+  if (body['kind'] !== 'Secret' || body['apiVersion'] !== 'v1') errs.push(`kind/apiVersion must be Secret v1, got ${String(body['kind'])} ${String(body['apiVersion'])}`);
+  try {
+    new Secret(body as unknown as ConstructorParameters<typeof Secret>[0]).validate();
+  } catch (e) {
+    errs.push(String((e as Error).message));
+  }
+  const meta = (body['metadata'] ?? {}) as JsonObject;
+  const name = String(meta['name'] ?? '');
+  if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(name) || name.length > 253) errs.push(`metadata.name: Invalid value: ${JSON.stringify(name)}`);
+  if (meta['namespace'] !== undefined && meta['namespace'] !== ns) errs.push('metadata.namespace: does not match the namespace of the request');
+  for (const [k, v] of Object.entries((body['data'] ?? {}) as Record<string, unknown>)) {
+    if (!/^[-._a-zA-Z0-9]+$/.test(k)) errs.push(`data[${k}]: Invalid value: a valid config key must consist of alphanumeric characters, '-', '_' or '.'`);
+    if (typeof v !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(v) || v.length % 4 !== 0) errs.push(`data[${k}]: illegal base64 data`);
+  }
+  return errs;
+}
+
 export function validateNetworkPolicy(body: JsonObject | undefined, ns: string): string[] {
   const errs: string[] = [];
   if (!body || typeof body !== 'object') return ['body must be a NetworkPolicy object'];

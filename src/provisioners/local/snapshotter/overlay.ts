@@ -15,6 +15,12 @@
  * layers whose removal was cut short) and drops stale intents. Removal forgets the entry first and
  * deletes the files after, so no entry ever names a half-deleted layer.
  *
+ * Chains stay short: a snapshot committed deeper than FLATTEN_AT is flattened in the background
+ * (rebase(): its merged tree copied into one base layer that takes the snapshot's key, so whatever
+ * stacks on it from then on mounts two layers). Layers mounted on the old chain keep it: the old
+ * tree stays as a `retired/<id>` entry (pinning its parents) until the last layer that was
+ * mounted on it is removed, because overlayfs must not see its lower dirs change under a mount.
+ *
  * Mount options stay short whatever the data dir: layers are named by 10-hex-digit ids and the
  * overlay is mounted from inside l/ with relative paths (`lowerdir=ab12…/fs:…`), ~14 bytes a layer,
  * so a chain of MAX_CHAIN layers fits the kernel's one-page limit on mount options.
@@ -31,6 +37,8 @@ import type { Info, Kind, Mount, Snapshotter, Usage } from './snapshotter.js';
 
 /** Longest parent chain a new layer may stack on; deeper chains must be flattened first. */
 export const MAX_CHAIN = 64;
+/** A snapshot committed with this many lower layers or more is flattened in the background. */
+export const FLATTEN_AT = 16;
 
 const KEY_RE = /^[A-Za-z0-9][A-Za-z0-9_.:/@+=-]{0,254}$/;
 
@@ -68,6 +76,13 @@ export class OverlaySnapshotter implements Snapshotter {
   private readonly lock = new KeyedMutex();
   private btrfs = false;
   readonly layers: string;
+  /** Background flattening: one at a time, in commit order. */
+  private flattening: Promise<void> = Promise.resolve();
+  private readonly pendingFlatten = new Set<string>();
+  /** Told about background work that failed (the store stays consistent either way). */
+  onBackgroundError: (key: string, err: unknown) => void = () => undefined;
+  /** Chain depth (lower layers of a snapshot) from which rebase() runs in the background. */
+  flattenAt = FLATTEN_AT;
 
   private constructor(readonly root: string) {
     this.layers = join(root, 'l');
@@ -340,7 +355,82 @@ export class OverlaySnapshotter implements Snapshotter {
   async snapshot(name: string, activeKey: string, labels: Record<string, string> = {}, opts: { signal?: AbortSignal } = {}): Promise<Info> {
     const e = this.entry(activeKey);
     if (e.kind !== 'active') throw bad('LAYER_NOT_ACTIVE', `layer ${JSON.stringify(activeKey)} is ${e.kind}, not active`, 409);
-    return this.copyIn('snapshot', name, { layer: join(this.layers, e.id) }, e.parent, labels, opts.signal);
+    const info = await this.copyIn('snapshot', name, { layer: join(this.layers, e.id) }, e.parent, labels, opts.signal);
+    if (this.chainEntries(name).length >= this.flattenAt) this.flattenLater(name);
+    return info;
+  }
+
+  private flattenLater(key: string): void {
+    if (this.pendingFlatten.has(key)) return;
+    this.pendingFlatten.add(key);
+    this.flattening = this.flattening.then(async () => {
+      try {
+        if (this.meta.entries[key]) await this.rebase(key);
+      } catch (e) {
+        this.onBackgroundError(key, e);
+      } finally {
+        this.pendingFlatten.delete(key);
+      }
+    });
+  }
+
+  /** Resolves when the background flattening queued so far is done (tests, shutdown). */
+  idle(): Promise<void> {
+    return this.flattening;
+  }
+
+  /**
+   * Flattens a committed layer in place: its merged tree becomes one base layer under the same
+   * key (what stacks on it later mounts one lower). The old tree stays as `retired/<old id>` with
+   * the old parent while layers mounted on the old chain exist (active and view layers below key
+   * now), and goes with the last of them.
+   */
+  async rebase(key: string): Promise<Info> {
+    const e = this.entry(key);
+    if (e.kind !== 'committed') throw bad('LAYER_NOT_COMMITTED', `layer ${JSON.stringify(key)} is ${e.kind}; only committed layers are flattened`, 409);
+    if (!e.parent) return this.info(e);
+    const tmpKey = `flatten/${randomBytes(6).toString('hex')}`;
+    const flat = await this.flatten(tmpKey, key);
+    return this.mutate(async () => {
+      const cur = this.meta.entries[key];
+      const f = this.meta.entries[tmpKey];
+      if (!cur || !f || cur.id !== e.id) {
+        // key went (or was rebased) meanwhile: drop the copy.
+        if (f) delete this.meta.entries[tmpKey];
+        await this.save();
+        if (f) await removeTree(join(this.layers, f.id)).catch(() => undefined);
+        return cur ? this.info(cur) : this.info(flat as Entry);
+      }
+      const mountedOn = Object.values(this.meta.entries)
+        .filter((x) => (x.kind === 'active' || x.kind === 'view') && this.chainEntries(x.key).some((c) => c.key === key))
+        .map((x) => x.key);
+      delete this.meta.entries[tmpKey];
+      this.meta.entries[key] = { ...cur, id: f.id, parent: null, usage: f.usage ?? { bytes: 0, inodes: 0 }, strategy: f.strategy ?? 'copy', labels: { ...cur.labels, 'loom.flattened': 'true' } };
+      let drop: string | null = null;
+      if (mountedOn.length) {
+        const rk = `retired/${cur.id}`;
+        this.meta.entries[rk] = { key: rk, id: cur.id, kind: 'committed', parent: cur.parent, labels: { 'loom.retired-from': key, 'loom.mounted-on': mountedOn.join(' ') }, createdAt: cur.createdAt };
+      } else drop = cur.id;
+      await this.save();
+      if (drop) await removeTree(join(this.layers, drop)).catch(() => undefined);
+      return this.info(this.meta.entries[key]!);
+    });
+  }
+
+  /** Retired trees whose mounted layers are all gone go (and, recursively, parents only they pinned stay entries: they are someone's). */
+  private async sweepRetired(): Promise<void> {
+    const gone: string[] = [];
+    await this.mutate(async () => {
+      for (const r of Object.values(this.meta.entries)) {
+        if (!r.key.startsWith('retired/')) continue;
+        const users = (r.labels['loom.mounted-on'] ?? '').split(' ').filter(Boolean);
+        if (users.some((u) => this.meta.entries[u]) || this.children(r.key).length) continue;
+        delete this.meta.entries[r.key];
+        gone.push(r.id);
+      }
+      if (gone.length) await this.save();
+    });
+    for (const id of gone) await removeTree(join(this.layers, id)).catch(() => undefined);
   }
 
   importTree(name: string, src: string, labels: Record<string, string> = {}, opts: { signal?: AbortSignal } = {}): Promise<Info> {
@@ -408,6 +498,7 @@ export class OverlaySnapshotter implements Snapshotter {
     } catch (e) {
       throw bad('LAYER_REMOVE_FAILED', `removing layer ${JSON.stringify(key)} failed (it may still be mounted): ${errorMessage(e)}`, 500);
     }
+    await this.sweepRetired();
   }
 
   async usage(key: string): Promise<Usage> {
