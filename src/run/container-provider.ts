@@ -26,7 +26,7 @@ import { copyTree, removeTree } from '../branching/copy.js';
 import { createLogger } from '../common/log.js';
 import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage } from '../provisioners/local/default-image.js';
 import { ImageStore, normalizeRef, type ResolvedImage } from '../provisioners/local/images.js';
-import { detectRuntime, type RuntimeInfo } from '../provisioners/local/runtime.js';
+import { detectRuntime, which, type RuntimeInfo } from '../provisioners/local/runtime.js';
 import { buildOciSpec } from '../provisioners/local/spec.js';
 import { grantSearch, hostId, type IdMap } from '../provisioners/local/idmap.js';
 import { checkUsernsHost, leaseWorkspace, releaseWorkspace, runIdMap, shiftInto } from './userns.js';
@@ -58,6 +58,7 @@ class ContainerProvider implements JobProvider {
   async prepare(log: (m: string) => void): Promise<void> {
     this.ids = runIdMap();
     checkUsernsHost();
+    if (!which('unshare') || !which('mount')) throw new Error('container jobs need unshare and mount (util-linux) in PATH: runc runs in a private mount namespace of its own');
     const base = join(localDataDir(), 'local');
     const tmp = join(base, 'tmp');
     await mkdir(tmp, { recursive: true });
