@@ -23,6 +23,10 @@ type Weaver = { id: string; status: string; image: string; reason?: string };
 type Exec = { exit_code: number; stdout: string; stderr: string };
 type ImageView = { name: string; digest: string; size: number; in_use: number; users?: string[] };
 
+// Two real Debian builds (the dev image with gcc, then a two-package image) from the archive, then
+// weavers on them: minutes on a shared 2-core machine, well past tap's default 300 s per file.
+t.setTimeout(1_200_000);
+
 const hasMmdebstrap = (() => {
   try {
     execFileSync('sh', ['-c', 'command -v mmdebstrap'], { stdio: 'ignore' });
