@@ -3,6 +3,8 @@ import type { Logger } from '../common/log.js';
 import type { ServerComponent } from '../server/component.js';
 import type { WeaverComponent } from '../weaver/component.js';
 import type { LocalProvisioner } from '../provisioners/local/provisioner.js';
+import type { KubernetesProvisioner } from '../provisioners/kubernetes/provisioner.js';
+import { KubernetesEndpoints } from './kubernetes/endpoints.js';
 import { LoomError } from '../common/errors.js';
 import { tunnelMigrations } from './migrations.js';
 import { TunnelStore } from './store.js';
@@ -37,7 +39,19 @@ export function tunnelComponent(config: Config, log: Logger, weavers: WeaverComp
     async start(ctx) {
       const store = new TunnelStore(ctx.db);
       store.ulaPrefix();
-      let endpoints: LocalEndpoints | null = null;
+      let endpoints: LocalEndpoints | KubernetesEndpoints | null = null;
+      if (weavers && weavers.provisioner.name === 'kubernetes' && (weavers.provisioner as KubernetesProvisioner).tunnels) {
+        // wireguard-go in a sidecar of each weaver pod; the gateway sends to the pod IP.
+        const pods = weavers.provisioner as KubernetesProvisioner;
+        const ep = new KubernetesEndpoints(store, pods, clog);
+        endpoints = ep;
+        cleanup.push(pods.useTunnelKeys(ep));
+        const live = (id: string) => {
+          const e = ep.live(id);
+          return e ? { weaverId: id, publicKey: e.publicKey, pid: 0, port: e.port, host: e.host } : null;
+        };
+        gateway = new Gateway({ get: live, all: () => store.liveWeavers().flatMap((w) => live(w.weaver_id) ?? []) }, clog);
+      }
       if (weavers && weavers.provisioner.name === 'local') {
         endpoints = new LocalEndpoints(store, clog, (id) => service().peersOf(id));
         const ep = endpoints;
@@ -48,6 +62,8 @@ export function tunnelComponent(config: Config, log: Logger, weavers: WeaverComp
         };
         // The routing serves the relay always, and the UDP port when one is configured.
         gateway = new Gateway({ get: live, all: () => store.liveWeavers().flatMap((w) => live(w.weaver_id) ?? []) }, clog);
+      }
+      if (gateway) {
         if (config.tunnel.udpAddr) {
           const { host, port } = splitAddr(config.tunnel.udpAddr);
           try {
