@@ -239,6 +239,8 @@ export const TUNNEL_KEY_DIR = '/var/run/loom-wg';
 export const TUNNEL_SIDECAR_SCRIPT = [
   'set -eu',
   'umask 0077',
+  // a clear message in the termination log rather than wg's bare "fopen: No such file or directory"
+  `for f in private-key address; do test -s ${TUNNEL_KEY_DIR}/$f || { echo "loom wireguard sidecar: ${TUNNEL_KEY_DIR}/$f is missing or empty (the weaver's Secret)" >&2; exit 1; }; done`,
   `wireguard-go -f ${TUNNEL_IFACE} & wg_pid=$!`,
   `until wg show ${TUNNEL_IFACE} public-key >/dev/null 2>&1; do kill -0 "$wg_pid"; sleep 0.1; done`,
   `wg set ${TUNNEL_IFACE} listen-port ${TUNNEL_PORT} private-key ${TUNNEL_KEY_DIR}/private-key`,
