@@ -35,8 +35,10 @@ let
     src = root;
     filter = path: type:
       let rel = lib.removePrefix (toString root + "/") (toString path); in
-      builtins.elem rel [ "package.json" "package-lock.json" ".npmrc" "tsconfig.json" "src" "native" "ebpf" ]
+      builtins.elem rel [ "package.json" "package-lock.json" ".npmrc" "tsconfig.json" "src" "native" "ebpf" "web" ]
       || (lib.hasPrefix "src/" rel)
+      # the web console, bundled by `npm run build` (web/build.mjs) into dist/web
+      || (lib.hasPrefix "web/" rel)
       || (lib.hasPrefix "ebpf/" rel && !(lib.hasPrefix "ebpf/build" rel))
       || (lib.hasPrefix "native/" rel && !(lib.hasPrefix "native/build" rel));
   };
@@ -104,6 +106,8 @@ buildNpmPackage {
     test -x $out/lib/node_modules/loom/native/build/Release/loom-attach-relay
     test -x $out/lib/node_modules/loom/native/build/Release/loom-exec
     test -f $out/lib/node_modules/loom/native/build/Release/loom_audit.node
+    # the web console, built from npm dependencies by web/build.mjs
+    test -f $out/lib/node_modules/loom/dist/web/index.html -a -f $out/lib/node_modules/loom/dist/web/assets/app.js
     runHook postInstallCheck
   '';
 

@@ -23,5 +23,18 @@ fi
 
 # npm ci compiles better-sqlite3, argon2 and native/ from source (.npmrc: build-from-source)
 # and builds dist/ (the prepare script).
+t0=$SECONDS
+echo "setup.sh: npm ci (npm dependencies, native addons, dist/)" >&2
 npm ci --no-audit --no-fund
-echo "setup.sh: done. Start the server with: npm start" >&2
+echo "setup.sh: npm ci took $((SECONDS - t0)) s" >&2
+
+# The default development image (Debian bookworm: bash, git, curl, python3, gcc, make, …), built
+# once with mmdebstrap into the server's image store; skipped when the store already has it.
+# LOOM_SETUP_SKIP_DEV_IMAGE=1 skips it (weavers then default to the busybox image loom/minimal).
+if [ "${LOOM_SETUP_SKIP_DEV_IMAGE:-0}" != 1 ]; then
+  t1=$SECONDS
+  echo "setup.sh: building the dev image loom/dev:bookworm into ${LOOM_DATA_DIR:-./data} (mmdebstrap; about a minute, once)" >&2
+  node dist/server/main.js admin build-image >/dev/null
+  echo "setup.sh: dev image step took $((SECONDS - t1)) s" >&2
+fi
+echo "setup.sh: done in $((SECONDS - t0)) s. Start the server with: npm start" >&2

@@ -10,6 +10,7 @@ import { healthRoutes } from './routes/health.js';
 import { authRoutes } from './routes/auth.js';
 import { orgRoutes } from './routes/orgs.js';
 import { devicePageRoutes } from './routes/device-page.js';
+import { installSessionAuth } from './console/session.js';
 
 export const BODY_LIMIT_BYTES = 1024 * 1024;
 
@@ -28,6 +29,8 @@ export async function buildApp(ctx: AppContext, components: ServerComponent[]): 
   installErrorHandling(app);
   installJsonParser(app);
   await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
+  // The web console's cookie session (with its CSRF check) before any route, so /api sees it.
+  installSessionAuth(app, ctx);
 
   app.addHook('onRequest', async (req, reply) => {
     reply.header('x-request-id', req.id);

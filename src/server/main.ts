@@ -115,6 +115,43 @@ admin
     }
   });
 
+admin
+  .command('build-image')
+  .description('build an image from Debian packages into the local image store (default: the dev image loom/dev:bookworm); skipped when the store has it')
+  .option('--name <ref>', 'image name')
+  .option('--packages <list>', 'comma-separated Debian packages (with --name)')
+  .option('--suite <suite>', 'Debian suite', 'bookworm')
+  .option('--force', 'build even when the store has the image')
+  .action(async (opts: { name?: string; packages?: string; suite: string; force?: boolean }) => {
+    const cfg = config();
+    const log = createLogger('warn', process.stderr);
+    const { sharedImageStore } = await import('../provisioners/local/images.js');
+    const { ImageBuilder, DEV_IMAGE_REQUEST } = await import('../images/builder.js');
+    const { join } = await import('node:path');
+    if (opts.name && !opts.packages) fail('--name needs --packages');
+    const req = opts.name ? { name: opts.name, suite: opts.suite, packages: opts.packages!.split(',').map((p) => p.trim()).filter(Boolean) } : DEV_IMAGE_REQUEST;
+    const store = sharedImageStore(cfg.dataDir, log);
+    const builder = new ImageBuilder(store, join(cfg.dataDir, 'local', 'tmp'), cfg.images);
+    const checked = builder.check(req);
+    const have = await store.get(checked.name);
+    if (have && !opts.force) {
+      process.stderr.write(`image ${checked.name} is already in the store (${have.digest}); not rebuilt\n`);
+      process.stdout.write(`${have.digest}\n`);
+      return;
+    }
+    const t0 = Date.now();
+    const tty = process.stderr.isTTY === true;
+    let lastPhase = '';
+    const img = await builder.build(checked, (p) => {
+      if (tty) process.stderr.write(`\r\x1b[2K${checked.name} (${Math.round((Date.now() - t0) / 1000)} s): ${(p.line ?? p.phase).slice(0, 100)}`);
+      else if (!p.line && p.phase !== lastPhase) process.stderr.write(`${p.phase}\n`);
+      if (!p.line) lastPhase = p.phase;
+    });
+    if (tty) process.stderr.write('\r\x1b[2K');
+    process.stderr.write(`built ${img.name} in ${((Date.now() - t0) / 1000).toFixed(0)} s\n`);
+    process.stdout.write(`${img.digest}\n`);
+  });
+
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof CommanderError) process.exit(e.exitCode);
   if (e instanceof ConfigError) fail(e.message);

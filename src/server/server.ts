@@ -92,6 +92,8 @@ export async function loadComponents(config: Config, log: Logger): Promise<Serve
   components.push(secretsComponent(config, log, weavers));
   const { tunnelComponent } = await import('../tunnel/component.js');
   components.push(tunnelComponent(config, log, weavers));
+  const { consoleComponent } = await import('./console/component.js');
+  components.push(consoleComponent());
   return components;
 }
 

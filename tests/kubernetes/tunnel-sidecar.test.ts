@@ -53,7 +53,7 @@ t.test('the sidecar program brings up wireguard-go with the Secret\'s key and ad
       return '';
     }
   };
-  await waitUntil(() => {
+  await waitUntil(async () => {
     if (exited) throw new Error(`the sidecar program exited: ${stderr}`);
     return /[<,]UP[,>]/.test(link());
   }, 'the interface up', 20_000);

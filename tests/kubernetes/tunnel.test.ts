@@ -17,7 +17,8 @@ import { K8sStandin, STANDIN_BANNER } from '../support/k8s-standin/index.js';
 import { startServer, tempDir } from '../support/server.js';
 import { waitUntil } from '../support/attach.js';
 import { newKeyPair, publicKeyFor } from '../../src/tunnel/keys.js';
-import { blake2s, mac1Key } from '../../src/tunnel/blake2s.js';
+import { mac1Key } from '../../src/tunnel/mac1.js';
+import { wgCrypto } from '../../src/tunnel/engine/native.js';
 
 t.comment(`these tests run loom-server against the ${STANDIN_BANNER}`);
 
@@ -32,7 +33,7 @@ function initiation(responderPublic: Buffer): Buffer {
   const m = Buffer.alloc(148);
   m[0] = 1;
   randomBytes(112).copy(m, 4);
-  blake2s(m.subarray(0, 116), 16, mac1Key(responderPublic)).copy(m, 116);
+  wgCrypto().mac(mac1Key(responderPublic), m.subarray(0, 116), 16).copy(m, 116);
   return m;
 }
 
@@ -143,13 +144,13 @@ t.test('a kubernetes weaver: key in its Secret, session with the pod endpoint, g
 
   // Deleting the weaver deletes its Secret.
   t.equal((await srv.api('DELETE', `/api/weaver/${id}`, alice)).status < 300, true, 'weaver deleted');
-  await waitUntil(() => !standin.secrets.has(`loom-weavers/loom-wg-${id}`), 'the Secret is deleted with the weaver');
+  await waitUntil(async () => !standin.secrets.has(`loom-weavers/loom-wg-${id}`), 'the Secret is deleted with the weaver');
   const gone = await srv.api<Err>('POST', '/api/wg/sessions', alice, { weaver_id: id, device: 'laptop' });
   t.equal(gone.status, 404, 'no session on a deleted weaver');
 
   // A pod removed outside Loom takes its Secret along too.
   const second = await srv.api<Weaver>('POST', '/api/weaver', alice, {});
-  await waitUntil(() => standin.secrets.has(`loom-weavers/loom-wg-${second.body.id}`), 'the second weaver\'s Secret');
+  await waitUntil(async () => standin.secrets.has(`loom-weavers/loom-wg-${second.body.id}`), 'the second weaver\'s Secret');
   standin.deletePod(`weaver-${second.body.id}`);
-  await waitUntil(() => !standin.secrets.has(`loom-weavers/loom-wg-${second.body.id}`), 'the Secret goes with a pod deleted outside Loom');
+  await waitUntil(async () => !standin.secrets.has(`loom-weavers/loom-wg-${second.body.id}`), 'the Secret goes with a pod deleted outside Loom');
 });

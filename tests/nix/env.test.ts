@@ -34,7 +34,8 @@ export const FULL_SAMPLE = {
     enable: false,
     backend: 'kubernetes',
     runtime: 'runc',
-    network: 'slirp4netns',
+    network: 'loopback',
+    networkAllowedNetworks: ['10.20.0.0/16', 'fd12::/64'],
     defaultImage: 'ghcr.io/acme/weaver:1',
     defaultCpu: '500m',
     defaultMemory: '2Gi',
@@ -66,6 +67,7 @@ export const FULL_SAMPLE = {
   branching: { gcIntervalSecs: 300, importRoots: ['/srv/rootfs', '/data/images'], archiveMaxBytes: 4294967296 },
   secrets: { masterKeyFile: '/run/keys/loom-master.key', tmpfsSize: '4Mi', kubernetesUrl: 'http://loom.loom-system.svc:18090' },
   tunnel: { udpAddress: '0.0.0.0:51820', udpEndpoint: 'loom.example.com:51820', kubernetesImage: 'ghcr.io/acme/wireguard:1' },
+  images: { buildMirror: 'http://mirror.example.com/debian', buildExtraSources: ['deb http://deb.debian.org/debian-security bookworm-security main'], buildTimeoutSecs: 900, pullTimeoutSecs: 30 },
 };
 
 const FULL_ENV = {
@@ -81,7 +83,8 @@ const FULL_ENV = {
   LOOM_SERVER_WEAVER_ENABLED: 'false',
   LOOM_SERVER_WEAVER_BACKEND: 'kubernetes',
   LOOM_SERVER_WEAVER_RUNTIME: 'runc',
-  LOOM_SERVER_WEAVER_NETWORK: 'slirp4netns',
+  LOOM_SERVER_WEAVER_NETWORK: 'loopback',
+  LOOM_SERVER_WEAVER_NETWORK_ALLOWED_NETWORKS: '10.20.0.0/16,fd12::/64',
   LOOM_SERVER_WEAVER_DEFAULT_IMAGE: 'ghcr.io/acme/weaver:1',
   LOOM_SERVER_WEAVER_DEFAULT_CPU: '500m',
   LOOM_SERVER_WEAVER_DEFAULT_MEMORY: '2Gi',
@@ -133,6 +136,10 @@ const FULL_ENV = {
   LOOM_TUNNEL_UDP_ADDR: '0.0.0.0:51820',
   LOOM_TUNNEL_UDP_ENDPOINT: 'loom.example.com:51820',
   LOOM_TUNNEL_K8S_IMAGE: 'ghcr.io/acme/wireguard:1',
+  LOOM_IMAGE_BUILD_MIRROR: 'http://mirror.example.com/debian',
+  LOOM_IMAGE_BUILD_EXTRA_SOURCES: 'deb http://deb.debian.org/debian-security bookworm-security main',
+  LOOM_IMAGE_BUILD_TIMEOUT_SECS: '900',
+  LOOM_IMAGE_PULL_TIMEOUT_SECS: '30',
 };
 
 const DEFAULT_ENV = {
@@ -147,7 +154,7 @@ const DEFAULT_ENV = {
   LOOM_SERVER_WEAVER_ENABLED: 'true',
   LOOM_SERVER_WEAVER_BACKEND: 'local',
   LOOM_SERVER_WEAVER_RUNTIME: 'auto',
-  LOOM_SERVER_WEAVER_NETWORK: 'loopback',
+  LOOM_SERVER_WEAVER_NETWORK: 'slirp4netns',
   LOOM_SERVER_WEAVER_DEFAULT_CPU: '1',
   LOOM_SERVER_WEAVER_DEFAULT_MEMORY: '1Gi',
   LOOM_SERVER_WEAVER_K8S_NAMESPACE: 'loom-weavers',
@@ -186,6 +193,9 @@ const DEFAULT_ENV = {
   LOOM_SERVER_WEAVER_GIT_TIMEOUT_SECS: '300',
   LOOM_BRANCHING_ARCHIVE_MAX_BYTES: '2147483648',
   LOOM_SECRETS_TMPFS_SIZE: '1Mi',
+  LOOM_IMAGE_BUILD_MIRROR: 'http://deb.debian.org/debian',
+  LOOM_IMAGE_BUILD_TIMEOUT_SECS: '1800',
+  LOOM_IMAGE_PULL_TIMEOUT_SECS: '60',
 };
 
 const mapped = VARIABLES.filter((v) => v.option !== null);

@@ -8,7 +8,8 @@ import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, loomCli, tempDir, freshDataDir } from '../support/server.js';
 import { newKeyPair, publicKeyFor } from '../../src/tunnel/keys.js';
-import { blake2s } from '../../src/tunnel/blake2s.js';
+import { initiationIsFor, mac1Key } from '../../src/tunnel/mac1.js';
+import { addMacs, createInitiation, makeIdentity } from '../../src/tunnel/engine/noise.js';
 import Database from 'better-sqlite3';
 import { ConfigError, loadConfig } from '../../src/server/config/load.js';
 
@@ -16,12 +17,22 @@ type Err = { error: { code: string; message: string } };
 type Device = { id: string; name: string; public_key: string };
 const key = () => newKeyPair().publicKey.toString('base64');
 
-t.test('BLAKE2s against RFC 7693 and the reference keyed vectors', async (t) => {
-  t.equal(blake2s(Buffer.from('abc')).toString('hex'), '508c5e8c327c14e2e1a72ba34eeb452f37458b209ed63a294d999b4c86675982');
-  const k = Buffer.from(Array.from({ length: 32 }, (_, i) => i));
-  // blake2s-kat.txt (keyed, key 00..1f): empty input, and input 00..3f (exactly one block after the key block).
-  t.equal(blake2s(Buffer.alloc(0), 32, k).toString('hex'), '48a8997da407876b3d79c0d92325ad3b89cbb754d86ab71aee047ad345fd2c49');
-  t.equal(blake2s(Buffer.from(Array.from({ length: 64 }, (_, i) => i)), 32, k).toString('hex'), '8975b0577fd35566d750b362b0897a26c399136df07bababbde6203ff2954ed4');
+t.test('the gateway routes an initiation by its mac1: only the addressed weaver key validates it', async (t) => {
+  const client = newKeyPair();
+  const weaverA = newKeyPair();
+  const weaverB = newKeyPair();
+  const id = makeIdentity(client.privateKey, weaverA.publicKey);
+  const { message } = createInitiation(id, 1);
+  addMacs(message, id.mac1KeyPeer, null); // as the client's engine sends it
+  t.ok(initiationIsFor(message, mac1Key(weaverA.publicKey)), 'the addressed weaver');
+  t.notOk(initiationIsFor(message, mac1Key(weaverB.publicKey)), 'another weaver');
+  const tampered = Buffer.from(message);
+  tampered[8] = tampered[8]! ^ 1;
+  t.notOk(initiationIsFor(tampered, mac1Key(weaverA.publicKey)), 'a changed byte breaks mac1');
+  t.notOk(initiationIsFor(message.subarray(0, 147), mac1Key(weaverA.publicKey)), 'a short datagram is not an initiation');
+  const asData = Buffer.from(message);
+  asData[0] = 4;
+  t.notOk(initiationIsFor(asData, mac1Key(weaverA.publicKey)), 'another message type is not an initiation');
 });
 
 t.test('gateway variables: wrong values stop the server naming the variable', async (t) => {

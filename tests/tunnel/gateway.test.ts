@@ -24,7 +24,9 @@ if (missing && process.env['CI'] === 'true') t.fail(`prerequisite missing in CI:
 
 t.test('a client reaches the weaver kernel through the gateway; access, revocation and deletion', { skip: missing ?? false }, async (t) => {
   const ns = clientNetns(t);
-  const env = { LOOM_TUNNEL_UDP_ADDR: `${ns.hostIp}:0` };
+  // Loopback mode: the weaver is loopback-only apart from the tunnel. (In the default outbound mode
+  // slirp's tap0 is there too; tests/tunnel/session.test.ts and relay.test.ts run in that mode.)
+  const env = { LOOM_TUNNEL_UDP_ADDR: `${ns.hostIp}:0`, LOOM_SERVER_WEAVER_NETWORK: 'loopback' };
   const first = await startServer({ t, keepData: true, env });
   let srv = first;
   const team = await makeTeam(srv);

@@ -9,7 +9,11 @@ import { LoomError, forbidden, isLoomError } from '../../common/errors.js';
 import { principal } from '../../server/http/auth.js';
 import type { BackendHandle } from '../../weaver/component.js';
 import { LocalProvisioner } from './provisioner.js';
-import { DEFAULT_LOCAL_IMAGE } from './default-image.js';
+import { OutboundNetwork } from './outbound.js';
+import { DEFAULT_LOCAL_IMAGE, MINIMAL_LOCAL_IMAGE } from './default-image.js';
+import { DEV_IMAGE, ImageBuilder } from '../../images/builder.js';
+import { registerImageManagementRoutes } from '../../images/routes.js';
+import { readFileSync } from 'node:fs';
 import { isValidRef, type ImageStore } from './images.js';
 
 const IMAGE_UPLOAD_LIMIT = 16 * 1024 * 1024 * 1024;
@@ -27,22 +31,28 @@ export function localBackend(config: Config, log: Logger): BackendHandle {
     usernsBase: config.weaver.usernsBase,
     git: config.weaver.git,
     testDelayMs: config.branching.testDelayMs,
+    pullTimeoutMs: config.images.pullTimeoutSecs * 1000,
   });
+  // Outbound network through slirp4netns, filtered in the weaver's netns, set up before its first process runs.
+  if (config.weaver.network === 'slirp4netns') provisioner.hooks.add(new OutboundNetwork({ allowed: config.weaver.networkAllowedNetworks }));
+  provisioner.images.addUsersSource((img) => provisioner.imageUsers(img));
+  provisioner.images.addReclaimer((digest) => provisioner.dropImageLayers(digest));
   return {
     provisioner,
-    defaultImage: DEFAULT_LOCAL_IMAGE,
+    // The Debian dev image once set-up (or an admin) built it; else the built-in busybox image.
+    defaultImage: storeHasSync(provisioner.images.root, DEV_IMAGE) ? DEV_IMAGE : DEFAULT_LOCAL_IMAGE,
     async registerApi(api) {
       await registerImageRoutes(api, provisioner.images, join(config.dataDir, 'local', 'tmp'));
+      await registerImageManagementRoutes(api, {
+        images: provisioner.images,
+        builder: new ImageBuilder(provisioner.images, join(config.dataDir, 'local', 'tmp'), config.images),
+        keep: () => [DEFAULT_LOCAL_IMAGE, MINIMAL_LOCAL_IMAGE, DEV_IMAGE, ...(config.weaver.defaultImage ? [config.weaver.defaultImage] : [])],
+      });
     },
   };
 }
 
 async function registerImageRoutes(api: Parameters<NonNullable<BackendHandle['registerApi']>>[0], images: ImageStore, tmpRoot: string): Promise<void> {
-  api.get('/api/images', async () => {
-    const list = await images.list();
-    return { images: list, count: list.length };
-  });
-
   // The body is the image archive itself (OCI archive or docker-archive tar), streamed to disk.
   api.register(async (scoped) => {
     scoped.addContentTypeParser(['application/x-tar', 'application/octet-stream'], (_req, payload, done) => done(null, payload));
@@ -77,4 +87,14 @@ async function registerImageRoutes(api: Parameters<NonNullable<BackendHandle['re
       },
     );
   });
+}
+
+/** Whether the store's index names an image (read once at start: the default image is fixed for the server's life). */
+function storeHasSync(root: string, name: string): boolean {
+  try {
+    const idx = JSON.parse(readFileSync(join(root, 'index.json'), 'utf8')) as { images?: Record<string, unknown> };
+    return !!idx.images?.[name];
+  } catch {
+    return false;
+  }
 }

@@ -12,6 +12,10 @@ import type { ImageStore, LocalImage } from './images.js';
 import { run, runOk, exists } from './util.js';
 
 export const DEFAULT_LOCAL_IMAGE = 'loom/default:latest';
+/** The same busybox image under the name tests and tiny weavers use (the dev image is the default when built). */
+export const MINIMAL_LOCAL_IMAGE = 'loom/minimal:latest';
+/** Names the built-in busybox image is stored under (built on first use). */
+export const isBuiltinImage = (name: string): boolean => name === DEFAULT_LOCAL_IMAGE || name === MINIMAL_LOCAL_IMAGE || name === 'loom/minimal' || name === 'loom/default';
 
 const BUSYBOX_CANDIDATES = ['/bin/busybox', '/usr/bin/busybox'];
 
@@ -99,10 +103,10 @@ export async function writeSingleLayerLayout(rootfs: string, layoutDir: string, 
   }));
 }
 
-/** Builds and stores the default image unless the store already has it. */
+/** Builds and stores the busybox image (as loom/default and loom/minimal) unless the store already has both. */
 export async function ensureDefaultImage(store: ImageStore, scratch: string): Promise<LocalImage> {
   const have = await store.get(DEFAULT_LOCAL_IMAGE);
-  if (have) return have;
+  if (have && (await store.get(MINIMAL_LOCAL_IMAGE))) return have;
   const dir = join(scratch, `default-image-${process.pid}-${Date.now()}`);
   try {
     await buildDefaultRootfs(join(dir, 'rootfs'));
@@ -112,7 +116,8 @@ export async function ensureDefaultImage(store: ImageStore, scratch: string): Pr
       workingDir: '/workspace',
       user: '1000:1000',
     });
-    const img = await store.import(join(dir, 'layout'), DEFAULT_LOCAL_IMAGE);
+    const img = have ?? (await store.import(join(dir, 'layout'), DEFAULT_LOCAL_IMAGE));
+    if (!(await store.get(MINIMAL_LOCAL_IMAGE))) await store.import(join(dir, 'layout'), MINIMAL_LOCAL_IMAGE);
     return img;
   } finally {
     await fsp.rm(dir, { recursive: true, force: true });

@@ -102,6 +102,8 @@ export class ImageStore {
   private readonly log: Logger;
   private readonly mutex = new KeyedMutex();
   private readonly pullTimeoutMs: number;
+  private readonly usersSources = new Set<ImageUsersSource>();
+  private readonly reclaimers = new Set<(digest: string) => Promise<void>>();
 
   constructor(opts: { root: string; log: Logger; pullTimeoutMs?: number }) {
     this.root = opts.root;
@@ -133,7 +135,7 @@ export class ImageStore {
    * Imports an OCI layout directory, an OCI archive tar or a docker-archive tar (`docker save`).
    * `name` defaults to the reference recorded in the source.
    */
-  async import(source: string, name?: string): Promise<LocalImage> {
+  async import(source: string, name?: string, label?: string): Promise<LocalImage> {
     const path = resolvePath(source);
     let st;
     try {
@@ -180,7 +182,7 @@ export class ImageStore {
     const finalName = normalizeRef(name ?? recorded ?? '');
     if (!name && !recorded) throw new LoomError(400, 'bad_image', `${source} records no image name; give one`);
     if (!isValidRef(finalName)) throw new LoomError(400, 'invalid_image_name', `invalid image name ${JSON.stringify(finalName)}`);
-    return this.copyIn(transport, finalName, `import:${path}`, 300_000);
+    return this.copyIn(transport, finalName, label ?? `import:${path}`, 300_000);
   }
 
   /** Pulls from a registry (needs network); fails fast with skopeo's message. */
@@ -269,20 +271,80 @@ export class ImageStore {
     return { image: img, rootfs, config };
   }
 
-  /** Removes a name (blobs are left to a later gc; the unpacked rootfs stays while other names use the digest). */
-  async remove(ref: string): Promise<boolean> {
+  /** Who uses an image, as short descriptions ("weaver 0b1c…", "snapshot layer …"); asked of every registered source. */
+  addUsersSource(source: ImageUsersSource): () => void {
+    this.usersSources.add(source);
+    return () => this.usersSources.delete(source);
+  }
+
+  /** Called with a digest no name refers to any more, before its unpacked trees are deleted (e.g. to drop layer references to them). */
+  addReclaimer(fn: (digest: string) => Promise<void>): void {
+    this.reclaimers.add(fn);
+  }
+
+  async users(img: LocalImage): Promise<string[]> {
+    const out: string[] = [];
+    for (const s of this.usersSources) out.push(...(await s(img)));
+    return [...new Set(out)].sort();
+  }
+
+  /** Bytes the image's blobs take in the layout (manifest, config, layers; shared blobs counted for each image). */
+  async size(img: LocalImage): Promise<number> {
+    const manifest = await readJson<OciManifest & { config: { size?: number }; layers: { size?: number }[] }>(this.blobPath(img.digest));
+    if (!manifest) return 0;
+    let n = 0;
+    for (const d of [img.digest, manifest.config.digest, ...manifest.layers.map((l) => l.digest)]) {
+      n += await fsp.stat(this.blobPath(d)).then((s) => s.size, () => 0);
+    }
+    return n;
+  }
+
+  /**
+   * Removes a name; refused (409 image_in_use) while a weaver, layer or snapshot uses it unless
+   * `force`. When no other name keeps the digest, its unpacked trees are deleted too, and blobs no
+   * image refers to are collected (umoci gc).
+   */
+  async remove(ref: string, opts: { force?: boolean } = {}): Promise<boolean> {
     return this.mutex.run('store', async () => {
       const idx = await this.readIndex();
       const name = idx.images[normalizeRef(ref)] ? normalizeRef(ref) : ref;
       const img = idx.images[name];
       if (!img) return false;
+      if (!opts.force) {
+        const users = await this.users(img);
+        if (users.length > 0) {
+          throw new LoomError(409, 'image_in_use', `image ${name} is in use by ${users.slice(0, 5).join(', ')}${users.length > 5 ? ` and ${users.length - 5} more` : ''}`);
+        }
+      }
       delete idx.images[name];
       await writeJsonAtomic(this.indexPath, idx);
       await run('umoci', ['rm', '--image', `${this.layout}:${tagFor(name)}`], { timeoutMs: 60_000 });
+      if (!Object.values(idx.images).some((i) => i.digest === img.digest)) await this.reclaim(img.digest);
+      await run('umoci', ['gc', '--layout', this.layout], { timeoutMs: 300_000 });
+      this.log.info({ image: name, digest: img.digest }, 'image removed');
       return true;
     });
   }
+
+  /** Deletes the unpacked trees of a digest no name refers to (every user-namespace variant). */
+  private async reclaim(digest: string): Promise<void> {
+    for (const fn of this.reclaimers) await fn(digest);
+    const hex = digest.split(':')[1]!;
+    const dir = join(this.root, 'rootfs');
+    for (const e of await fsp.readdir(dir).catch(() => [] as string[])) {
+      if (e === hex || e.startsWith(`${hex}-u`)) await fsp.rm(join(dir, e), { recursive: true, force: true });
+    }
+  }
+
+  /** Bytes under the store's root (layout, unpacked trees). */
+  async diskUsage(): Promise<number> {
+    const r = await run('du', ['-sbx', this.root], { timeoutMs: 300_000 });
+    return r.code === 0 ? Number(r.stdout.split(/\s/)[0]) : 0;
+  }
 }
+
+/** Who uses an image: descriptions of users, empty when none. */
+export type ImageUsersSource = (img: LocalImage) => Promise<string[]>;
 
 function cleanSkopeo(s: string): string {
   const t = s.trim().split('\n').filter(Boolean).pop() ?? 'skopeo failed';

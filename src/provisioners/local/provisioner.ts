@@ -22,10 +22,10 @@ import type {
 } from '../../weaver/provisioner.js';
 import { ensureExecHelper, localExec } from './exec.js';
 import { ensureAttachRelay, openTerminalStream, type RelayCommand } from './attach.js';
-import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage, findStaticBusybox } from './default-image.js';
+import { DEFAULT_LOCAL_IMAGE, ensureDefaultImage, findStaticBusybox, isBuiltinImage } from './default-image.js';
 import { cloneRepo, repoName, type GitOptions } from './git.js';
-import { ImageStore, isValidRef, sharedImageStore, type ImageRunConfig } from './images.js';
-import { startSlirp, stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './network.js';
+import { ImageStore, isValidRef, normalizeRef, sharedImageStore, type ImageRunConfig } from './images.js';
+import { stopSlirp, SLIRP_RESOLV_CONF, type NetworkMode } from './network.js';
 import { OverlayMaterializer, unmountAll, type Materializer } from './rootfs.js';
 import { ContainerRuntime, bundleFiles, detectRuntime, type RuntimeState } from './runtime.js';
 import { buildOciSpec } from './spec.js';
@@ -191,6 +191,34 @@ export class LocalProvisioner implements Provisioner {
     return this.defaultImage;
   }
 
+  /**
+   * Who on this backend uses an image: weavers made from it (by name, while they exist) and the
+   * layers stacked on its base layer (weavers' active layers, snapshots, forks). For the image store.
+   */
+  async imageUsers(img: { name: string; digest: string }): Promise<string[]> {
+    await this.start();
+    const out: string[] = [];
+    for (const id of await fsp.readdir(this.weaversDir).catch(() => [] as string[])) {
+      const meta = await readJson<WeaverMeta>(join(this.weaversDir, id, 'meta.json'));
+      if (meta && meta.phase !== 'failed' && normalizeRef(meta.image) === img.name) out.push(`weaver ${id}`);
+    }
+    for (const l of this.layers.list()) {
+      if (l.key !== `image/${img.digest}` && !l.key.startsWith(`image/${img.digest}@`)) continue;
+      for (const child of this.layers.children(l.key)) {
+        out.push(child.startsWith('weaver/') ? `weaver ${child.slice(7)}` : child.startsWith('snapshot/') ? `snapshot ${child.slice(9)}` : `layer ${child}`);
+      }
+    }
+    return out;
+  }
+
+  /** Drops the base layers of an image digest nothing stacks on (the store then deletes the unpacked trees they point at). */
+  async dropImageLayers(digest: string): Promise<void> {
+    await this.start();
+    for (const l of this.layers.list()) {
+      if (l.key === `image/${digest}` || l.key.startsWith(`image/${digest}@`)) await this.layers.remove(l.key);
+    }
+  }
+
   private rt(): ContainerRuntime {
     return this.containerRuntime;
   }
@@ -333,7 +361,7 @@ export class LocalProvisioner implements Provisioner {
     };
     try {
       // 1. image
-      if (spec.image === DEFAULT_LOCAL_IMAGE && !(await this.images.get(DEFAULT_LOCAL_IMAGE))) await this.ensureDefault();
+      if (isBuiltinImage(spec.image) && !(await this.images.get(spec.image))) await this.ensureDefault();
       let resolved;
       try {
         resolved = await this.images.resolve(spec.image, this.ids.base);
@@ -428,10 +456,7 @@ export class LocalProvisioner implements Provisioner {
       }
       phase('create');
       if (signal.aborted) return;
-      if (this.opts.network === 'slirp4netns') {
-        meta.slirp = (await startSlirp(pid, join(dir, 'slirp.pid')).catch(() => null)) !== null;
-        if (!meta.slirp) this.log.warn({ weaver: id }, 'slirp4netns unavailable; weaver has loopback only');
-      }
+      // Outbound network (slirp4netns + the weaver's firewall) is the 'outbound' runtime hook (outbound.ts).
       try {
         await this.hooks.created({ ...hookCtx, pid, cgroupsPath: oci.linux.cgroupsPath }, (h) => join(dir, 'hooks', h));
       } catch (e) {

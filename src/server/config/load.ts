@@ -2,6 +2,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import table from './variables.json' with { type: 'json' };
 import { cpuMillis, memoryBytes } from '../../common/quantity.js';
 import { parseCidrs } from '../../common/netaddr.js';
+import { isAptSourceLine } from '../../images/build.js';
 
 /** One variable of the shared table (also read by nixos-modules/loom-server.nix). */
 export interface VariableSpec {
@@ -26,11 +27,21 @@ export const TEST_KNOBS: readonly VariableSpec[] = [
   { name: 'LOOM_BRANCHING_TEST_DELAY_MS', option: null, type: 'int', min: 0, max: 3600000, default: 0, description: 'tests only: branching operations sleep this long after copying' },
 ];
 
+/** loom image build and registry pulls (local backend). */
+export interface ImagesConfig {
+  buildMirror: string;
+  buildExtraSources: string[];
+  buildTimeoutSecs: number;
+  pullTimeoutSecs: number;
+}
+
 export interface WeaverConfig {
   enabled: boolean;
   backend: 'local' | 'kubernetes';
   runtime: 'auto' | 'runc' | 'crun';
   network: 'loopback' | 'slirp4netns';
+  /** CIDRs weavers may reach through slirp4netns although they are internal ranges. */
+  networkAllowedNetworks: string[];
   defaultImage: string;
   defaultCpu: string;
   defaultMemory: string;
@@ -87,6 +98,7 @@ export interface Config {
   secrets: SecretsConfig;
   /** WireGuard tunnels: the UDP gateway's bind address and the endpoint clients are told ('' = off / derived). */
   tunnel: { udpAddr: string; udpEndpoint: string; k8sImage: string };
+  images: ImagesConfig;
 }
 
 export interface SecretsConfig {
@@ -209,6 +221,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       backend: get('LOOM_SERVER_WEAVER_BACKEND'),
       runtime: get('LOOM_SERVER_WEAVER_RUNTIME'),
       network: get('LOOM_SERVER_WEAVER_NETWORK'),
+      networkAllowedNetworks: get<string[]>('LOOM_SERVER_WEAVER_NETWORK_ALLOWED_NETWORKS'),
       defaultImage: get<string>('LOOM_SERVER_WEAVER_DEFAULT_IMAGE'),
       defaultCpu: get<string>('LOOM_SERVER_WEAVER_DEFAULT_CPU'),
       defaultMemory: get<string>('LOOM_SERVER_WEAVER_DEFAULT_MEMORY'),
@@ -268,6 +281,12 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       },
     },
     minFreeDiskBytes: memoryBytes(get<string>('LOOM_MIN_FREE_DISK'))!,
+    images: {
+      buildMirror: get<string>('LOOM_IMAGE_BUILD_MIRROR'),
+      buildExtraSources: get<string[]>('LOOM_IMAGE_BUILD_EXTRA_SOURCES'),
+      buildTimeoutSecs: get<number>('LOOM_IMAGE_BUILD_TIMEOUT_SECS'),
+      pullTimeoutSecs: get<number>('LOOM_IMAGE_PULL_TIMEOUT_SECS'),
+    },
     secrets: {
       masterKeyFile: get<string>('LOOM_SECRETS_MASTER_KEY_FILE') || join(get<string>('LOOM_DATA_DIR'), 'secrets', 'master.key'),
       tmpfsSize: get<string>('LOOM_SECRETS_TMPFS_SIZE'),
@@ -275,6 +294,14 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     },
     tunnel: { udpAddr: get<string>('LOOM_TUNNEL_UDP_ADDR'), udpEndpoint: get<string>('LOOM_TUNNEL_UDP_ENDPOINT'), k8sImage: get<string>('LOOM_TUNNEL_K8S_IMAGE') },
   };
+  try {
+    parseCidrs(cfg.weaver.networkAllowedNetworks);
+  } catch (e) {
+    throw new ConfigError('LOOM_SERVER_WEAVER_NETWORK_ALLOWED_NETWORKS', (e as Error).message);
+  }
+  const badSource = cfg.images.buildExtraSources.find((l) => !isAptSourceLine(l));
+  if (badSource !== undefined) throw new ConfigError('LOOM_IMAGE_BUILD_EXTRA_SOURCES', `${JSON.stringify(badSource)} (accepts one-line apt sources: deb [options] http(s)://mirror suite component…)`);
+  if (!/^(?:https?|file):\/\/\S+$/.test(cfg.images.buildMirror)) throw new ConfigError('LOOM_IMAGE_BUILD_MIRROR', `${JSON.stringify(cfg.images.buildMirror)} (accepts an http(s):// or file:// URL)`);
   try {
     parseCidrs(cfg.weaver.git.allowedNetworks);
   } catch (e) {

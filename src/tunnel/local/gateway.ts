@@ -10,7 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from '../../common/log.js';
-import { initiationIsFor, mac1Key } from '../blake2s.js';
+import { initiationIsFor, mac1Key } from '../mac1.js';
 import { deframer, frame } from './frames.js';
 import { netnsOf } from './wg-tools.js';
 import { PROBE_LEN, PROBE_TYPE } from '../probe.js';
