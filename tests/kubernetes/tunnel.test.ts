@@ -138,6 +138,18 @@ t.test('a kubernetes weaver: key in its Secret, session with the pod endpoint, g
   t.equal(received.length, 2, 'an initiation for an unknown key was dropped, the next valid one arrived');
   t.same(received[1], init);
 
+  // A failing `wg set` in the sidecar fails the session (a clear 502) and stores nothing.
+  const desktop = newKeyPair().publicKey.toString('base64');
+  t.equal((await srv.api('POST', '/api/wg/devices', alice, { name: 'desktop', public_key: desktop })).status, 201);
+  writeFileSync(join(root, 'bin/wg'), '#!/bin/sh\necho "wg: no such device loomwg" >&2\nexit 1\n');
+  const failed = await srv.api<Err>('POST', '/api/wg/sessions', alice, { weaver_id: id, device: 'desktop' });
+  t.equal(failed.status, 502);
+  t.equal(failed.body.error.code, 'tunnel_config_failed');
+  t.match(failed.body.error.message, /no such device/);
+  const listed = await srv.api<{ sessions: Session[] }>('GET', '/api/wg/sessions', alice);
+  t.same(listed.body.sessions.map((x) => x.id), [session.id], 'no session was stored for the failed peer');
+  writeFileSync(join(root, 'bin/wg'), '#!/bin/sh\necho "$@" >> /tmp/wg-calls\n');
+
   // Session closed: the peer is removed in the sidecar.
   t.equal((await srv.api('DELETE', `/api/wg/sessions/${session.id}`, alice)).status, 204);
   t.same(standin.execs.filter((e) => e.pod === pod).pop()?.command, ['wg', 'set', 'loomwg', 'peer', client.publicKey.toString('base64'), 'remove']);
