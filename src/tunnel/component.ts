@@ -46,6 +46,15 @@ export function tunnelComponent(config: Config, log: Logger, weavers: WeaverComp
         const ep = new KubernetesEndpoints(store, pods, clog);
         endpoints = ep;
         cleanup.push(pods.useTunnelKeys(ep));
+        // A (re)started sidecar's wireguard-go has no peers: set the weaver's sessions again.
+        cleanup.push(
+          pods.onTunnelSidecarReady((id) => {
+            const peers = svc?.peersOf(id) ?? [];
+            void (async () => {
+              for (const p of peers) await ep.addPeer(id, p.publicKey, p.address);
+            })().catch((e: unknown) => clog.warn({ weaver: id, err: e }, 're-adding wireguard peers to a restarted sidecar failed'));
+          }),
+        );
         const live = (id: string) => {
           const e = ep.live(id);
           return e ? { weaverId: id, publicKey: e.publicKey, pid: 0, port: e.port, host: e.host } : null;

@@ -150,6 +150,14 @@ t.test('a kubernetes weaver: key in its Secret, session with the pod endpoint, g
   t.same(listed.body.sessions.map((x) => x.id), [session.id], 'no session was stored for the failed peer');
   writeFileSync(join(root, 'bin/wg'), '#!/bin/sh\necho "$@" >> /tmp/wg-calls\n');
 
+  // The sidecar restarts (wireguard-go died; the kubelet restarted it): its new wireguard-go has no
+  // peers, so loom-server sets the open session's peer again.
+  writeFileSync(join(root, 'tmp/wg-calls'), '');
+  standin.update(pod, (p) => {
+    for (const c of p.status?.initContainerStatuses ?? []) if (c.name === 'wireguard') c.restartCount = 1;
+  });
+  await waitUntil(async () => readFileSync(join(root, 'tmp/wg-calls'), 'utf8') === `set loomwg peer ${client.publicKey.toString('base64')} allowed-ips ${session.client_address}/128\n`, 'the peer set again in the restarted sidecar');
+
   // Session closed: the peer is removed in the sidecar.
   t.equal((await srv.api('DELETE', `/api/wg/sessions/${session.id}`, alice)).status, 204);
   t.same(standin.execs.filter((e) => e.pod === pod).pop()?.command, ['wg', 'set', 'loomwg', 'peer', client.publicKey.toString('base64'), 'remove']);

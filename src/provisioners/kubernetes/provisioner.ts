@@ -107,6 +107,9 @@ export class KubernetesProvisioner implements Provisioner {
   private auditCredentials: PodAuditCredentials | null = null;
   private readonly tunnelImage: string;
   private tunnelKeys: PodTunnelKeys | null = null;
+  /** Per weaver: the wireguard sidecar's restartCount last seen Ready (a new one has no peers). */
+  private readonly sidecarSeen = new Map<string, number>();
+  private readonly sidecarReadyListeners = new Set<(weaverId: string) => void>();
 
   constructor(opts: KubernetesProvisionerOptions) {
     this.namespace = opts.config.k8sNamespace;
@@ -316,6 +319,7 @@ export class KubernetesProvisioner implements Provisioner {
   private onPod(pod: V1Pod): void {
     const w = podToWeaver(pod);
     if (!w) return;
+    this.checkTunnelSidecar(w.id, pod);
     const prev = this.last.get(w.id);
     if (prev && statusKey(prev) === statusKey(w)) return;
     // startedAt is reported with the first `running` and kept afterwards.
@@ -329,6 +333,7 @@ export class KubernetesProvisioner implements Provisioner {
     if (!id) return;
     const prev = this.last.get(id) ?? podToWeaver(pod);
     this.last.delete(id);
+    this.sidecarSeen.delete(id);
     // whoever removed the pod, its tunnel key goes with it
     this.deleteTunnelSecret(id).catch((e: unknown) => this.log.warn({ backend: 'kubernetes', weaverId: id, err: errorMessage(e) }, 'removing the WireGuard Secret of a gone pod failed'));
     // whoever removed the pod, its audit credential goes with it
@@ -360,6 +365,30 @@ export class KubernetesProvisioner implements Provisioner {
     return () => {
       if (this.tunnelKeys === k) this.tunnelKeys = null;
     };
+  }
+
+  /**
+   * Calls back when a weaver's wireguard sidecar becomes Ready as a new container (first start, a
+   * restart after wireguard-go died, or first seen after loom-server started): its wireguard-go
+   * has no peers, so the sessions' peers are set again (`wg set … peer` is idempotent).
+   */
+  onTunnelSidecarReady(cb: (weaverId: string) => void): () => void {
+    this.sidecarReadyListeners.add(cb);
+    return () => void this.sidecarReadyListeners.delete(cb);
+  }
+
+  private checkTunnelSidecar(id: string, pod: V1Pod): void {
+    const sc = (pod.status?.initContainerStatuses ?? []).find((c) => c.name === TUNNEL_CONTAINER);
+    if (!sc?.ready || !sc.state?.running) return;
+    if (this.sidecarSeen.get(id) === sc.restartCount) return;
+    this.sidecarSeen.set(id, sc.restartCount);
+    for (const cb of this.sidecarReadyListeners) {
+      try {
+        cb(id);
+      } catch (e) {
+        this.log.error({ backend: 'kubernetes', err: errorMessage(e) }, 'tunnel sidecar listener threw');
+      }
+    }
   }
 
   /** Stores the weaver's ephemeral WireGuard key and tunnel address in the Secret only its sidecar mounts. */
