@@ -157,6 +157,7 @@ t.test('a kubernetes weaver: key in its Secret, session with the pod endpoint, g
     for (const c of p.status?.initContainerStatuses ?? []) if (c.name === 'wireguard') c.restartCount = 1;
   });
   await waitUntil(async () => readFileSync(join(root, 'tmp/wg-calls'), 'utf8') === `set loomwg peer ${client.publicKey.toString('base64')} allowed-ips ${session.client_address}/128\n`, 'the peer set again in the restarted sidecar');
+  t.pass('a restarted sidecar got the session\'s peer again');
 
   // Session closed: the peer is removed in the sidecar.
   t.equal((await srv.api('DELETE', `/api/wg/sessions/${session.id}`, alice)).status, 204);
