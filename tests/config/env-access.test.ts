@@ -14,7 +14,7 @@ const ACCESSOR_FILE = 'src/server/config/load.ts';
 // The CLI is not the server: it reads its user's own variables, by literal name only.
 // `loom run --local` (src/run/) is part of the CLI: it reads the user's environment on purpose
 // (workflow variables from the host, env:// secrets, KeePass aliases).
-const CLI_VARIABLES = new Set(['LOOM_SERVER_URL', 'LOOM_CONFIG_DIR', 'LOOM_DEBUG', 'LOOM_ATTACH_PING_SECS', 'LOOM_ATTACH_RECONNECT_SECS', 'LOOM_DOCKER_WORKSPACE_MOUNT']);
+const CLI_VARIABLES = new Set(['LOOM_SERVER_URL', 'LOOM_CONFIG_DIR', 'LOOM_DEBUG', 'LOOM_ATTACH_PING_SECS', 'LOOM_ATTACH_RECONNECT_SECS', 'LOOM_DOCKER_WORKSPACE_MOUNT', 'LOOM_RUN_USERNS_BASE']);
 // The audit sidecar is a program of its own, configured by loom-server (or its pod spec) through
 // LOOM_AUDIT_* variables; its one accessor may read them by computed name.
 const SIDECAR_DIR = 'src/audit/sidecar/';
