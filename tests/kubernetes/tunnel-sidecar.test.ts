@@ -86,7 +86,8 @@ t.test('the sidecar program fails when the Secret\'s key is missing (no silent h
   });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  // 'close', not 'exit': stderr is read to its end before the assertion on it
+  const code = await new Promise<number | null>((r) => child.once('close', (c) => r(c)));
   t.not(code, 0, 'non-zero exit (the kubelet restarts the sidecar; the pod is not Ready)');
   t.match(stderr, /private-key/, 'the error names the missing key file');
 });
