@@ -3,6 +3,8 @@ import type { Logger } from '../common/log.js';
 import type { ServerComponent } from '../server/component.js';
 import type { WeaverComponent } from '../weaver/component.js';
 import type { LocalProvisioner } from '../provisioners/local/provisioner.js';
+import type { KubernetesProvisioner } from '../provisioners/kubernetes/provisioner.js';
+import { KubernetesEndpoints } from './kubernetes/endpoints.js';
 import { LoomError } from '../common/errors.js';
 import { tunnelMigrations } from './migrations.js';
 import { TunnelStore } from './store.js';
@@ -37,7 +39,28 @@ export function tunnelComponent(config: Config, log: Logger, weavers: WeaverComp
     async start(ctx) {
       const store = new TunnelStore(ctx.db);
       store.ulaPrefix();
-      let endpoints: LocalEndpoints | null = null;
+      let endpoints: LocalEndpoints | KubernetesEndpoints | null = null;
+      if (weavers && weavers.provisioner.name === 'kubernetes' && (weavers.provisioner as KubernetesProvisioner).tunnels) {
+        // wireguard-go in a sidecar of each weaver pod; the gateway sends to the pod IP.
+        const pods = weavers.provisioner as KubernetesProvisioner;
+        const ep = new KubernetesEndpoints(store, pods, clog);
+        endpoints = ep;
+        cleanup.push(pods.useTunnelKeys(ep));
+        // A (re)started sidecar's wireguard-go has no peers: set the weaver's sessions again.
+        cleanup.push(
+          pods.onTunnelSidecarReady((id) => {
+            const peers = svc?.peersOf(id) ?? [];
+            void (async () => {
+              for (const p of peers) await ep.addPeer(id, p.publicKey, p.address);
+            })().catch((e: unknown) => clog.warn({ weaver: id, err: e }, 're-adding wireguard peers to a restarted sidecar failed'));
+          }),
+        );
+        const live = (id: string) => {
+          const e = ep.live(id);
+          return e ? { weaverId: id, publicKey: e.publicKey, pid: 0, port: e.port, host: e.host } : null;
+        };
+        gateway = new Gateway({ get: live, all: () => store.liveWeavers().flatMap((w) => live(w.weaver_id) ?? []) }, clog);
+      }
       if (weavers && weavers.provisioner.name === 'local') {
         endpoints = new LocalEndpoints(store, clog, (id) => service().peersOf(id));
         const ep = endpoints;
@@ -48,6 +71,8 @@ export function tunnelComponent(config: Config, log: Logger, weavers: WeaverComp
         };
         // The routing serves the relay always, and the UDP port when one is configured.
         gateway = new Gateway({ get: live, all: () => store.liveWeavers().flatMap((w) => live(w.weaver_id) ?? []) }, clog);
+      }
+      if (gateway) {
         if (config.tunnel.udpAddr) {
           const { host, port } = splitAddr(config.tunnel.udpAddr);
           try {

@@ -20,7 +20,7 @@ export interface BackendHandle {
 export async function createBackend(config: Config, log: Logger): Promise<BackendHandle> {
   if (config.weaver.backend === 'kubernetes') {
     const { KubernetesProvisioner } = await import('../provisioners/kubernetes/index.js');
-    return { provisioner: new KubernetesProvisioner({ config: config.weaver, log: log.child({ backend: 'kubernetes' }), ...(config.secrets.kubernetesUrl ? { secretsUrl: config.secrets.kubernetesUrl, secretsSizeLimit: config.secrets.tmpfsSize } : {}) }) };
+    return { provisioner: new KubernetesProvisioner({ config: config.weaver, log: log.child({ backend: 'kubernetes' }), ...(config.secrets.kubernetesUrl ? { secretsUrl: config.secrets.kubernetesUrl, secretsSizeLimit: config.secrets.tmpfsSize } : {}), ...(config.tunnel.k8sImage ? { tunnelImage: config.tunnel.k8sImage } : {}) }) };
   }
   const { localBackend } = await import('../provisioners/local/component.js');
   return localBackend(config, log.child({ backend: 'local' }));

@@ -7,12 +7,13 @@
 import t, { type Test } from 'tap';
 import { KubernetesProvisioner } from '../../src/provisioners/kubernetes/provisioner.js';
 import { EGRESS_POLICY, INGRESS_POLICY, SERVER_POD_LABELS } from '../../src/provisioners/kubernetes/network-policy.js';
+import { TUNNEL_PORT } from '../../src/provisioners/kubernetes/pod-spec.js';
 import { K8sStandin, cidrContains, parseCidr, parseIp, validateNetworkPolicy } from '../support/k8s-standin/index.js';
 import { k8sConfig, silentLog } from './helpers.js';
 
 type Sel = { matchLabels?: Record<string, string> };
 type Peer = { podSelector?: Sel; namespaceSelector?: Sel; ipBlock?: { cidr: string; except?: string[] } };
-type Policy = { metadata: { name: string; resourceVersion: string }; spec: { podSelector: Sel; policyTypes: string[]; ingress?: { from?: Peer[] }[]; egress?: { to?: Peer[]; ports?: { protocol: string; port: number }[] }[] } };
+type Policy = { metadata: { name: string; resourceVersion: string }; spec: { podSelector: Sel; policyTypes: string[]; ingress?: { from?: Peer[]; ports?: { protocol: string; port: number }[] }[]; egress?: { to?: Peer[]; ports?: { protocol: string; port: number }[] }[] } };
 
 // Kubernetes semantics: a rule without `to`/`from` (or an empty one) matches every peer.
 /** A destination as the CNI sees it: a pod (labels, namespace labels, ip) or a bare address. */
@@ -40,6 +41,11 @@ const egressAllowed = (pols: Policy[], to: Endpoint, port: number, protocol = 'T
   pols.filter((p) => p.spec.policyTypes.includes('Egress')).some((p) => (p.spec.egress ?? []).some((r) => (!r.ports || r.ports.some((x) => x.port === port && x.protocol === protocol)) && (!r.to?.length || r.to.some((peer) => peerMatches(peer, to)))));
 const ingressAllowed = (pols: Policy[], from: Endpoint) =>
   pols.filter((p) => p.spec.policyTypes.includes('Ingress')).some((p) => (p.spec.ingress ?? []).some((r) => (!r.from?.length || r.from.some((peer) => peerMatches(peer, from)))));
+/** Ingress on one port: a rule without `ports` allows every port (Kubernetes semantics). */
+const ingressAllowedOn = (pols: Policy[], from: Endpoint, port: number, protocol: string) =>
+  pols
+    .filter((p) => p.spec.policyTypes.includes('Ingress'))
+    .some((p) => (p.spec.ingress ?? []).some((r) => (!r.ports || r.ports.some((x) => x.port === port && x.protocol === protocol)) && (!r.from?.length || r.from.some((peer) => peerMatches(peer, from)))));
 
 const weaverPod = (ip: string): Endpoint => ({ ip, pod: { labels: { 'app.kubernetes.io/managed-by': 'loom', 'loom.dev/org-id': 'other-org' }, nsLabels: { 'kubernetes.io/metadata.name': 'loom-weavers' } } });
 const serverPod: Endpoint = { ip: '10.42.0.9', pod: { labels: SERVER_POD_LABELS, nsLabels: { 'kubernetes.io/metadata.name': 'loom' } } };
@@ -95,6 +101,22 @@ t.test('start() creates the weaver policies; they isolate weaver pods', async (t
   t.notOk(egressAllowed(pols, { ip: '192.168.1.10' }, 22), 'egress: the node network is refused');
   t.notOk(egressAllowed(pols, { ip: '127.0.0.1' }, 6443), 'egress: loopback ranges are refused');
   t.notOk(egressAllowed(pols, { ip: 'fd00::1' }, 443), 'egress: IPv6 unique-local is refused');
+});
+
+t.test('the WireGuard sidecar\'s UDP port (51820) is reachable from loom-server only', async (t) => {
+  const { standin, prov } = await started(t);
+  await prov.start();
+  const pols = stored(standin);
+  t.ok(ingressAllowedOn(pols, serverPod, TUNNEL_PORT, 'UDP'), 'loom-server (the gateway and relay) may send to the pod IP\'s UDP port');
+  t.notOk(ingressAllowedOn(pols, weaverPod('10.42.1.5'), TUNNEL_PORT, 'UDP'), 'another weaver pod may not');
+  t.notOk(ingressAllowedOn(pols, { ip: '10.42.2.8', pod: { labels: { app: 'something' }, nsLabels: { 'kubernetes.io/metadata.name': 'default' } } }, TUNNEL_PORT, 'UDP'), 'another cluster pod may not');
+  t.notOk(ingressAllowedOn(pols, { ip: '203.0.113.7' }, TUNNEL_PORT, 'UDP'), 'a client on the internet may not (it goes through loom-server)');
+  t.notOk(ingressAllowedOn(pols, { ip: '10.42.0.1' }, TUNNEL_PORT, 'UDP'), 'nor the node (an address, not a loom-server pod)');
+  // negative control of the evaluator: a policy that opens UDP 51820 to everyone is seen as open
+  const open: Policy = structuredClone(pols.find((p) => p.metadata.name === INGRESS_POLICY)!);
+  open.spec.ingress = [...(open.spec.ingress ?? []), { ports: [{ protocol: 'UDP', port: TUNNEL_PORT }] }];
+  t.ok(ingressAllowedOn([open], { ip: '203.0.113.7' }, TUNNEL_PORT, 'UDP'), 'the evaluator notices an opened port');
+  t.notOk(ingressAllowedOn([open], { ip: '203.0.113.7' }, TUNNEL_PORT, 'TCP'), 'per protocol');
 });
 
 t.test('a second start updates tampered policies instead of failing', async (t) => {

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { Pod } from 'kubernetes-models/v1';
 import type { V1Pod } from '@kubernetes/client-node';
-import { buildPod, cloneCommand, repoDirName, type PodSpecOptions } from '../../src/provisioners/kubernetes/pod-spec.js';
+import { TUNNEL_SIDECAR_SCRIPT, buildPod, cloneCommand, repoDirName, type PodSpecOptions } from '../../src/provisioners/kubernetes/pod-spec.js';
 import { isValidLabelValue, isValidPodName, toLabelValue } from '../../src/provisioners/kubernetes/labels.js';
 import { extraPodChecks, type JsonPod } from '../support/k8s-standin/index.js';
 import { spec } from './helpers.js';
@@ -43,6 +43,8 @@ const variants: { name: string; s: Parameters<typeof spec>[0]; o: Partial<PodSpe
   { name: 'command', s: { command: ['sh', '-c', 'sleep infinity'] }, o: {} },
   { name: 'pull secrets', s: {}, o: { imagePullSecrets: ['ghcr-secret', 'other'] } },
   { name: 'audit', s: {}, o: { audit } },
+  { name: 'tunnel', s: {}, o: { tunnel: { image: 'ghcr.io/loom/wireguard:1.0' } } },
+  { name: 'tunnel+audit+secrets+repo', s: { repo: 'https://github.com/acme/widgets' }, o: { audit, tunnel: { image: 'ghcr.io/loom/wireguard:1.0' }, secrets: { url: 'http://loom:18090', sizeLimit: '1Mi' } } },
   { name: 'git image', s: { repo: 'https://example.com/r.git' }, o: { gitImage: 'docker.io/alpine/git:2.45.2' } },
   {
     name: 'everything',
@@ -181,6 +183,37 @@ t.test('audit sidecar is a native sidecar with the configured settings', async (
   const vols = Object.fromEntries((pod.spec!.volumes ?? []).map((v) => [v.name, v]));
   t.equal(vols['host-cgroup']?.hostPath?.path, '/sys/fs/cgroup');
   t.ok((sc.volumeMounts ?? []).filter((m) => m.name.startsWith('host-')).every((m) => m.readOnly), 'host paths read-only');
+});
+
+t.test('wireguard sidecar: NET_ADMIN only, the TUN device from the host, the key from the weaver\'s Secret', async (t) => {
+  const s = spec({ repo: 'https://github.com/acme/widgets', env: { A: '1' } });
+  const pod = buildPod(s, { namespace: 'ns', imagePullSecrets: [], audit, tunnel: { image: 'ghcr.io/loom/wireguard:1.0' } });
+  const init = pod.spec!.initContainers!;
+  t.same(init.map((c) => c.name), ['audit-sidecar', 'wireguard', 'git-clone']);
+  const wg = init[1]!;
+  t.equal(wg.image, 'ghcr.io/loom/wireguard:1.0');
+  t.equal(wg.restartPolicy, 'Always', 'a native sidecar');
+  t.same(wg.command, ['sh', '-c', TUNNEL_SIDECAR_SCRIPT]);
+  t.same(wg.ports, [{ name: 'wireguard', containerPort: 51820, protocol: 'UDP' }]);
+  t.same(wg.securityContext?.capabilities, { drop: ['ALL'], add: ['NET_ADMIN'] }, 'NET_ADMIN and nothing else');
+  t.equal(wg.securityContext?.privileged, false, 'not privileged');
+  t.equal(wg.securityContext?.allowPrivilegeEscalation, false);
+  t.equal(wg.env, undefined, 'no environment at all (the key is a file)');
+  const vols = Object.fromEntries((pod.spec!.volumes ?? []).map((v) => [v.name, v]));
+  t.same(vols['wg-key']?.secret, { secretName: `loom-wg-${s.id}`, defaultMode: 0o400, items: [{ key: 'private-key', path: 'private-key' }, { key: 'address', path: 'address' }] });
+  t.same(vols['dev-net-tun']?.hostPath, { path: '/dev/net/tun', type: 'CharDevice' }, 'the TUN device node, nothing else of the host');
+  t.same(wg.volumeMounts, [
+    { name: 'wg-key', mountPath: '/var/run/loom-wg', readOnly: true },
+    { name: 'dev-net-tun', mountPath: '/dev/net/tun' },
+  ]);
+  const others = [...pod.spec!.containers, ...init.filter((c) => c.name !== 'wireguard')];
+  t.notOk(others.some((c) => (c.volumeMounts ?? []).some((m) => m.name === 'wg-key' || m.name === 'dev-net-tun')), 'no other container mounts the key or the device');
+  t.notOk(others.some((c) => c.securityContext?.capabilities?.add?.includes('NET_ADMIN')), 'no other container gets NET_ADMIN');
+  t.same(pod.spec!.containers[0]!.securityContext?.capabilities, { drop: ['ALL'] }, 'the weaver container keeps no capability');
+  t.notMatch(JSON.stringify(pod), /PRIVATE|private_key"|BEGIN/, 'no key material anywhere in the spec');
+  const without = buildPod(s, { namespace: 'ns', imagePullSecrets: [], audit: noAudit });
+  t.notOk((without.spec!.volumes ?? []).some((v) => v.name === 'wg-key' || v.name === 'dev-net-tun'), 'without the tunnel setting: no sidecar volumes');
+  t.notOk((without.spec!.initContainers ?? []).some((c) => c.name === 'wireguard'));
 });
 
 t.test('label values', async (t) => {

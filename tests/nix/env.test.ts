@@ -66,7 +66,7 @@ export const FULL_SAMPLE = {
   },
   branching: { gcIntervalSecs: 300, importRoots: ['/srv/rootfs', '/data/images'], archiveMaxBytes: 4294967296 },
   secrets: { masterKeyFile: '/run/keys/loom-master.key', tmpfsSize: '4Mi', kubernetesUrl: 'http://loom.loom-system.svc:18090' },
-  tunnel: { udpAddress: '0.0.0.0:51820', udpEndpoint: 'loom.example.com:51820' },
+  tunnel: { udpAddress: '0.0.0.0:51820', udpEndpoint: 'loom.example.com:51820', kubernetesImage: 'ghcr.io/acme/wireguard:1' },
   images: { buildMirror: 'http://mirror.example.com/debian', buildExtraSources: ['deb http://deb.debian.org/debian-security bookworm-security main'], buildTimeoutSecs: 900, pullTimeoutSecs: 30 },
 };
 
@@ -135,6 +135,7 @@ const FULL_ENV = {
   LOOM_SECRETS_K8S_URL: 'http://loom.loom-system.svc:18090',
   LOOM_TUNNEL_UDP_ADDR: '0.0.0.0:51820',
   LOOM_TUNNEL_UDP_ENDPOINT: 'loom.example.com:51820',
+  LOOM_TUNNEL_K8S_IMAGE: 'ghcr.io/acme/wireguard:1',
   LOOM_IMAGE_BUILD_MIRROR: 'http://mirror.example.com/debian',
   LOOM_IMAGE_BUILD_EXTRA_SOURCES: 'deb http://deb.debian.org/debian-security bookworm-security main',
   LOOM_IMAGE_BUILD_TIMEOUT_SECS: '900',

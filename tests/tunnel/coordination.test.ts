@@ -39,8 +39,8 @@ t.test('gateway variables: wrong values stop the server naming the variable', as
   for (const [name, value] of [['LOOM_TUNNEL_UDP_ADDR', 'nope'], ['LOOM_TUNNEL_UDP_ADDR', '0.0.0.0:70000'], ['LOOM_TUNNEL_UDP_ENDPOINT', 'host:port']]) {
     t.throws(() => loadConfig({ [name!]: value }), new ConfigError(name!, 'host:port, e.g. 0.0.0.0:51820 or [::]:51820 (empty: off)'), `${name}=${value}`);
   }
-  t.same(loadConfig({ LOOM_TUNNEL_UDP_ADDR: '[::]:51820' }).tunnel, { udpAddr: '[::]:51820', udpEndpoint: '' });
-  t.same(loadConfig({}).tunnel, { udpAddr: '', udpEndpoint: '' }, 'off by default');
+  t.same(loadConfig({ LOOM_TUNNEL_UDP_ADDR: '[::]:51820' }).tunnel, { udpAddr: '[::]:51820', udpEndpoint: '', k8sImage: '' });
+  t.same(loadConfig({}).tunnel, { udpAddr: '', udpEndpoint: '', k8sImage: '' }, 'off by default');
 });
 
 t.test('X25519 keys: the public half matches wg pubkey', async (t) => {

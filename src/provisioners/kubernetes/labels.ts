@@ -18,6 +18,7 @@ export const MANAGED_SELECTOR = `${MANAGED_BY_LABEL}=${MANAGED_BY_VALUE}`;
 export const MAIN_CONTAINER = 'weaver';
 export const CLONE_CONTAINER = 'git-clone';
 export const AUDIT_CONTAINER = 'audit-sidecar';
+export const TUNNEL_CONTAINER = 'wireguard';
 export const WORKSPACE_VOLUME = 'workspace';
 export const WORKSPACE_DIR = '/workspace';
 

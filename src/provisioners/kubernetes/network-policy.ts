@@ -2,7 +2,9 @@
  * NetworkPolicies the Kubernetes backend keeps in its namespace, so weavers of different orgs
  * cannot reach each other, the cluster's services or the API server:
  *
- *   loom-weaver-ingress  weaver pods accept connections only from loom-server pods (by label);
+ *   loom-weaver-ingress  weaver pods accept connections only from loom-server pods (by label) —
+ *                        this is also what keeps the wireguard sidecar's UDP port (51820) open to
+ *                        loom-server's gateway and closed to everyone else;
  *   loom-weaver-egress   weaver pods may reach cluster DNS (kube-system/kube-dns, port 53),
  *                        loom-server pods, and any address outside the internal ranges
  *                        (LOOM_SERVER_WEAVER_K8S_INTERNAL_CIDRS: private, link-local — cloud

@@ -8,6 +8,7 @@ import type { WeaverConfig } from '../../server/config/load.js';
 import type { WeaverSpec } from '../../weaver/provisioner.js';
 import {
   AUDIT_CONTAINER,
+  TUNNEL_CONTAINER,
   CLONE_CONTAINER,
   EXPIRES_AT_ANNOTATION,
   LIFETIME_ANNOTATION,
@@ -35,7 +36,15 @@ export interface PodSpecOptions {
   gitImage?: string;
   /** Secrets: an init container fetches them from loom-server at url into an in-memory volume. */
   secrets?: { url: string; sizeLimit: string };
+  /** WireGuard endpoint: a sidecar running wireguard-go in the pod's network namespace (tunnel-sidecar below). */
+  tunnel?: TunnelSidecarSettings;
 }
+
+export interface TunnelSidecarSettings {
+  /** An image with wireguard-go, wg (wireguard-tools), ip (iproute2) and a POSIX sh. */
+  image: string;
+}
+
 
 export const SECRETS_AUDIENCE = 'loom-secrets';
 export const SECRETS_CONTAINER = 'loom-secrets';
@@ -210,6 +219,67 @@ function auditSidecar(spec: WeaverSpec, audit: AuditSettings, serverUrl: string)
   };
 }
 
+/** The Secret holding a weaver pod's ephemeral WireGuard key (keys `private-key`, `address`), made by loom-server. */
+export const tunnelSecretName = (weaverId: string) => `loom-wg-${weaverId}`.slice(0, 253);
+/** wireguard-go's UDP port on the pod IP (the pod has its own network namespace, so one fixed port). */
+export const TUNNEL_PORT = 51820;
+/** The WireGuard interface inside the pod's network namespace. */
+export const TUNNEL_IFACE = 'loomwg';
+const TUNNEL_KEY_VOLUME = 'wg-key';
+const TUNNEL_TUN_VOLUME = 'dev-net-tun';
+/** Where the sidecar reads its key and address (the Secret, mounted read-only, 0400). */
+export const TUNNEL_KEY_DIR = '/var/run/loom-wg';
+
+/**
+ * The sidecar's program: wireguard-go in the foreground, then the key (from the Secret's file —
+ * never argv, env or the pod spec), the port, the weaver's tunnel address, up. Peers are added by
+ * loom-server through the exec API (`wg set … peer`) as sessions open. If wireguard-go exits, the
+ * script exits and the kubelet restarts the native sidecar (restartPolicy Always).
+ */
+export const TUNNEL_SIDECAR_SCRIPT = [
+  'set -eu',
+  'umask 0077',
+  // a clear message in the termination log rather than wg's bare "fopen: No such file or directory"
+  `for f in private-key address; do test -s ${TUNNEL_KEY_DIR}/$f || { echo "loom wireguard sidecar: ${TUNNEL_KEY_DIR}/$f is missing or empty (the weaver's Secret)" >&2; exit 1; }; done`,
+  `wireguard-go -f ${TUNNEL_IFACE} & wg_pid=$!`,
+  `until wg show ${TUNNEL_IFACE} public-key >/dev/null 2>&1; do kill -0 "$wg_pid"; sleep 0.1; done`,
+  `wg set ${TUNNEL_IFACE} listen-port ${TUNNEL_PORT} private-key ${TUNNEL_KEY_DIR}/private-key`,
+  `ip -6 addr add "$(cat ${TUNNEL_KEY_DIR}/address)/64" dev ${TUNNEL_IFACE} nodad`,
+  `ip link set ${TUNNEL_IFACE} up`,
+  'wait "$wg_pid"',
+].join('\n');
+
+function tunnelSidecar(t: TunnelSidecarSettings): V1Container {
+  return {
+    name: TUNNEL_CONTAINER,
+    image: t.image,
+    command: ['sh', '-c', TUNNEL_SIDECAR_SCRIPT],
+    // A native sidecar (Kubernetes >= 1.29): up before the weaver's own process, stopped after it.
+    restartPolicy: 'Always',
+    ports: [{ name: 'wireguard', containerPort: TUNNEL_PORT, protocol: 'UDP' }],
+    volumeMounts: [
+      { name: TUNNEL_KEY_VOLUME, mountPath: TUNNEL_KEY_DIR, readOnly: true },
+      { name: TUNNEL_TUN_VOLUME, mountPath: '/dev/net/tun' },
+    ],
+    // ready once the key is set and the interface is up: the weaver's kernel then serves the tunnel
+    readinessProbe: { exec: { command: ['sh', '-c', `ip link show ${TUNNEL_IFACE} up | grep -q UP`] }, periodSeconds: 5 },
+    resources: { requests: { cpu: '10m', memory: '16Mi' }, limits: { cpu: '1', memory: '128Mi' } },
+    securityContext: {
+      // TUNSETIFF, adding the address and link up need CAP_NET_ADMIN in the effective set, which
+      // Kubernetes gives only to uid 0 (no ambient capabilities): root, with every other capability
+      // dropped, no privilege escalation, not privileged. The weaver container keeps none.
+      runAsNonRoot: false,
+      runAsUser: 0,
+      runAsGroup: 0,
+      privileged: false,
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ['ALL'], add: ['NET_ADMIN'] },
+      seccompProfile: { type: 'RuntimeDefault' },
+    },
+    terminationMessagePolicy: 'FallbackToLogsOnError',
+  };
+}
+
 /** The pod for one weaver. */
 export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
   const env: V1EnvVar[] = Object.keys(spec.env)
@@ -246,6 +316,17 @@ export function buildPod(spec: WeaverSpec, opts: PodSpecOptions): V1Pod {
       { name: AUDIT_BUFFER_VOLUME, emptyDir: { sizeLimit: `${Math.ceil(opts.audit.bufferMaxBytes / MIB) + 16}Mi` } },
       // only the audit sidecar mounts it; readable by its root user alone
       { name: AUDIT_TOKEN_VOLUME, secret: { secretName: auditSecretName(spec.id), defaultMode: 0o400, items: [{ key: 'token', path: 'token' }] } },
+    );
+  }
+  if (opts.tunnel) {
+    initContainers.push(tunnelSidecar(opts.tunnel));
+    volumes.push(
+      // only the wireguard sidecar mounts it; readable by its root user alone
+      { name: TUNNEL_KEY_VOLUME, secret: { secretName: tunnelSecretName(spec.id), defaultMode: 0o400, items: [{ key: 'private-key', path: 'private-key' }, { key: 'address', path: 'address' }] } },
+      // The TUN device node, from the host (hostPath CharDevice): container runtimes (runc,
+      // crun) allow c 10:200 in every container's device cgroup by default, so no privileged
+      // mode and no device plugin are needed; a missing node fails the mount, not silently.
+      { name: TUNNEL_TUN_VOLUME, hostPath: { path: '/dev/net/tun', type: 'CharDevice' } },
     );
   }
   if (opts.secrets) {

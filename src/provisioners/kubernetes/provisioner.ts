@@ -21,9 +21,9 @@ import type {
 import { attachPod } from './attach.js';
 import { execPod } from './exec.js';
 import { apiServerUrl, describeApiError, isNotFound, loadKubeConfig, withTimeout } from './client.js';
-import { MAIN_CONTAINER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_SELECTOR, WEAVER_ID_ANNOTATION, WEAVER_ID_LABEL, podName, toLabelValue } from './labels.js';
+import { MAIN_CONTAINER, TUNNEL_CONTAINER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_SELECTOR, WEAVER_ID_ANNOTATION, WEAVER_ID_LABEL, podName, toLabelValue } from './labels.js';
 import { streamPodLog } from './logs.js';
-import { GIT_SECRET_ANNOTATION, auditSecretName, buildPod, type PodSpecOptions } from './pod-spec.js';
+import { GIT_SECRET_ANNOTATION, TUNNEL_IFACE, TUNNEL_PORT, auditSecretName, buildPod, tunnelSecretName, type PodSpecOptions } from './pod-spec.js';
 import { podToWeaver, weaverIdOf } from './status.js';
 import { DEFAULT_INTERNAL_CIDRS, buildNetworkPolicies } from './network-policy.js';
 
@@ -44,6 +44,8 @@ export interface KubernetesProvisionerOptions {
   secretsUrl?: string;
   /** sizeLimit of the pod's in-memory secrets volume (LOOM_SECRETS_TMPFS_SIZE; default 1Mi). */
   secretsSizeLimit?: string;
+  /** Image of the WireGuard sidecar (LOOM_TUNNEL_K8S_IMAGE); empty: weaver pods get no tunnel endpoint. */
+  tunnelImage?: string;
   /** Grace period given to a deleted pod (default 5 s). */
   deleteGracePeriodSeconds?: number;
   /** Timeout of single API requests (default 15 s). */
@@ -62,6 +64,16 @@ type Informer = ListWatch<V1Pod>;
 export interface PodAuditCredentials {
   mint(w: { weaverId: string; orgId: string; ownerUserId: string }): string;
   revoke(weaverId: string): void;
+}
+
+/**
+ * The tunnel component's side of a weaver pod's WireGuard endpoint: a fresh ephemeral key per
+ * weaver (it keeps the public half) and the weaver's tunnel address. This backend only carries the
+ * private half into the pod, in a Secret, and forgets it.
+ */
+export interface PodTunnelKeys {
+  mint(weaverId: string): { privateKey: Buffer; address: string };
+  forget(weaverId: string): void;
 }
 
 const statusKey = (w: BackendWeaver): string => `${w.status}|${w.reason ?? ''}|${w.exitCode ?? ''}`;
@@ -93,6 +105,11 @@ export class KubernetesProvisioner implements Provisioner {
   private closed = false;
   private configError: LoomError | undefined;
   private auditCredentials: PodAuditCredentials | null = null;
+  private readonly tunnelImage: string;
+  private tunnelKeys: PodTunnelKeys | null = null;
+  /** Per weaver: the wireguard sidecar's restartCount last seen Ready (a new one has no peers). */
+  private readonly sidecarSeen = new Map<string, number>();
+  private readonly sidecarReadyListeners = new Set<(weaverId: string) => void>();
 
   constructor(opts: KubernetesProvisionerOptions) {
     this.namespace = opts.config.k8sNamespace;
@@ -121,6 +138,7 @@ export class KubernetesProvisioner implements Provisioner {
       ...(opts.gitImage ? { gitImage: opts.gitImage } : {}),
       ...(opts.secretsUrl ? { secrets: { url: opts.secretsUrl, sizeLimit: opts.secretsSizeLimit ?? '1Mi' } } : {}),
     };
+    this.tunnelImage = opts.tunnelImage ?? '';
     this.grace = opts.deleteGracePeriodSeconds ?? 5;
     this.timeoutMs = opts.requestTimeoutMs ?? 15_000;
     this.retryMs = opts.watchRetryMs ?? 1000;
@@ -301,6 +319,7 @@ export class KubernetesProvisioner implements Provisioner {
   private onPod(pod: V1Pod): void {
     const w = podToWeaver(pod);
     if (!w) return;
+    this.checkTunnelSidecar(w.id, pod);
     const prev = this.last.get(w.id);
     if (prev && statusKey(prev) === statusKey(w)) return;
     // startedAt is reported with the first `running` and kept afterwards.
@@ -314,6 +333,9 @@ export class KubernetesProvisioner implements Provisioner {
     if (!id) return;
     const prev = this.last.get(id) ?? podToWeaver(pod);
     this.last.delete(id);
+    this.sidecarSeen.delete(id);
+    // whoever removed the pod, its tunnel key goes with it
+    this.deleteTunnelSecret(id).catch((e: unknown) => this.log.warn({ backend: 'kubernetes', weaverId: id, err: errorMessage(e) }, 'removing the WireGuard Secret of a gone pod failed'));
     // whoever removed the pod, its audit credential goes with it
     if (this.podOpts.audit.enabled) {
       this.deleteAuditSecret(id).catch((e: unknown) => this.log.warn({ backend: 'kubernetes', weaverId: id, err: errorMessage(e) }, 'removing the audit Secret of a gone pod failed'));
@@ -330,6 +352,101 @@ export class KubernetesProvisioner implements Provisioner {
     return () => {
       if (this.auditCredentials === c) this.auditCredentials = null;
     };
+  }
+
+  /** Whether new weaver pods get the WireGuard sidecar (an image is configured). */
+  get tunnels(): boolean {
+    return this.tunnelImage !== '';
+  }
+
+  /** Set by the tunnel component when tunnels are on; returns the unset. Pods created without it get no sidecar. */
+  useTunnelKeys(k: PodTunnelKeys): () => void {
+    this.tunnelKeys = k;
+    return () => {
+      if (this.tunnelKeys === k) this.tunnelKeys = null;
+    };
+  }
+
+  /**
+   * Calls back when a weaver's wireguard sidecar becomes Ready as a new container (first start, a
+   * restart after wireguard-go died, or first seen after loom-server started): its wireguard-go
+   * has no peers, so the sessions' peers are set again (`wg set … peer` is idempotent).
+   */
+  onTunnelSidecarReady(cb: (weaverId: string) => void): () => void {
+    this.sidecarReadyListeners.add(cb);
+    return () => void this.sidecarReadyListeners.delete(cb);
+  }
+
+  private checkTunnelSidecar(id: string, pod: V1Pod): void {
+    const sc = (pod.status?.initContainerStatuses ?? []).find((c) => c.name === TUNNEL_CONTAINER);
+    if (!sc?.ready || !sc.state?.running) return;
+    if (this.sidecarSeen.get(id) === sc.restartCount) return;
+    this.sidecarSeen.set(id, sc.restartCount);
+    for (const cb of this.sidecarReadyListeners) {
+      try {
+        cb(id);
+      } catch (e) {
+        this.log.error({ backend: 'kubernetes', err: errorMessage(e) }, 'tunnel sidecar listener threw');
+      }
+    }
+  }
+
+  /** Stores the weaver's ephemeral WireGuard key and tunnel address in the Secret only its sidecar mounts. */
+  private async createTunnelSecret(spec: WeaverSpec, keys: PodTunnelKeys): Promise<void> {
+    const name = tunnelSecretName(spec.id);
+    const { privateKey, address } = keys.mint(spec.id);
+    const body: V1Secret = {
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: { name, namespace: this.namespace, labels: { [MANAGED_BY_LABEL]: MANAGED_BY_VALUE, [WEAVER_ID_LABEL]: toLabelValue(spec.id) } },
+      type: 'Opaque',
+      immutable: true,
+      data: { 'private-key': Buffer.from(privateKey.toString('base64')).toString('base64'), address: Buffer.from(address).toString('base64') },
+    };
+    privateKey.fill(0);
+    try {
+      await withTimeout(this.api.createNamespacedSecret({ namespace: this.namespace, body }), this.timeoutMs, `creating Secret ${name}`);
+    } catch (e) {
+      keys.forget(spec.id);
+      await this.deleteTunnelSecret(spec.id).catch(() => undefined);
+      throw this.apiError(e, `creating Secret ${name}`);
+    }
+  }
+
+  /** Forgets the weaver's tunnel key and deletes its Secret (gone already, or never made, is fine). */
+  private async deleteTunnelSecret(id: string): Promise<void> {
+    this.tunnelKeys?.forget(id);
+    if (!this.tunnels) return;
+    const name = tunnelSecretName(id);
+    try {
+      await withTimeout(this.api.deleteNamespacedSecret({ name, namespace: this.namespace }), this.timeoutMs, `deleting Secret ${name}`);
+    } catch (e) {
+      if (!isNotFound(e)) throw this.apiError(e, `deleting Secret ${name}`);
+    }
+  }
+
+  /**
+   * Where the gateway sends a weaver's WireGuard datagrams: its pod IP and the sidecar's UDP port,
+   * once the pod runs with a ready wireguard sidecar; null otherwise.
+   */
+  tunnelEndpoint(id: string): { host: string; port: number } | null {
+    const pod = this.cached(id);
+    const ip = pod?.status?.podIP;
+    if (!pod || !ip || pod.status?.phase !== 'Running' || pod.metadata?.deletionTimestamp) return null;
+    const sc = (pod.status.initContainerStatuses ?? []).find((c) => c.name === TUNNEL_CONTAINER);
+    if (!sc?.ready || !sc.state?.running) return null;
+    return { host: ip, port: TUNNEL_PORT };
+  }
+
+  /** Runs `wg set <iface> …args` in the weaver pod's wireguard sidecar (the exec API), failing on a non-zero exit. */
+  async tunnelSet(id: string, args: string[]): Promise<void> {
+    if (!this.tunnelEndpoint(id)) throw new LoomError(409, 'tunnel_unavailable', `weaver ${id} has no running WireGuard sidecar`);
+    const p = await execPod({ kc: this.kc, namespace: this.namespace, pod: podName(id), container: TUNNEL_CONTAINER, req: { command: ['wg', 'set', TUNNEL_IFACE, ...args], tty: false, stdin: false } });
+    const err: Buffer[] = [];
+    p.stderr.on('data', (d: Buffer) => err.push(d));
+    p.stdout.resume();
+    const exit = await p.exit;
+    if (exit.exitCode !== 0) throw new LoomError(502, 'tunnel_config_failed', `wg set in pod ${podName(id)} exited with ${exit.exitCode}: ${Buffer.concat(err).toString().trim().slice(0, 300)}`);
   }
 
   /** Mints the weaver's audit credential and stores it in the Secret its pod's sidecar mounts. */
@@ -369,10 +486,19 @@ export class KubernetesProvisioner implements Provisioner {
   }
 
   async create(spec: WeaverSpec): Promise<void> {
-    const pod = buildPod(spec, this.podOpts);
+    const tunnelKeys = this.tunnels ? this.tunnelKeys : null;
+    const pod = buildPod(spec, { ...this.podOpts, ...(tunnelKeys ? { tunnel: { image: this.tunnelImage } } : {}) });
     const name = pod.metadata?.name ?? podName(spec.id);
     this.deletedByUs.delete(spec.id);
     if (this.podOpts.audit.enabled) await this.createAuditSecret(spec);
+    if (tunnelKeys) {
+      try {
+        await this.createTunnelSecret(spec, tunnelKeys);
+      } catch (e) {
+        await this.deleteAuditSecret(spec.id).catch(() => undefined);
+        throw e;
+      }
+    }
     try {
       await withTimeout(this.api.createNamespacedPod({ namespace: this.namespace, body: pod }), this.timeoutMs, `creating pod ${name}`);
     } catch (e) {
@@ -388,6 +514,9 @@ export class KubernetesProvisioner implements Provisioner {
       if (f.httpStatus !== 409) {
         await this.deleteAuditSecret(spec.id).catch((de: unknown) => {
           this.log.warn({ backend: 'kubernetes', weaverId: spec.id, err: errorMessage(de) }, 'cleanup of the audit Secret of a failed create failed');
+        });
+        await this.deleteTunnelSecret(spec.id).catch((de: unknown) => {
+          this.log.warn({ backend: 'kubernetes', weaverId: spec.id, err: errorMessage(de) }, 'cleanup of the WireGuard Secret of a failed create failed');
         });
       }
       if (f.httpStatus === 403 && /exceeded quota/i.test(f.message)) {
@@ -462,6 +591,7 @@ export class KubernetesProvisioner implements Provisioner {
   async delete(id: string): Promise<void> {
     await this.deletePod(podName(id), id);
     await this.deleteAuditSecret(id);
+    await this.deleteTunnelSecret(id);
     this.log.info({ backend: 'kubernetes', weaverId: id, pod: podName(id) }, 'weaver pod deleted');
   }
 

@@ -97,7 +97,7 @@ export interface Config {
   minFreeDiskBytes: number;
   secrets: SecretsConfig;
   /** WireGuard tunnels: the UDP gateway's bind address and the endpoint clients are told ('' = off / derived). */
-  tunnel: { udpAddr: string; udpEndpoint: string };
+  tunnel: { udpAddr: string; udpEndpoint: string; k8sImage: string };
   images: ImagesConfig;
 }
 
@@ -292,7 +292,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       tmpfsSize: get<string>('LOOM_SECRETS_TMPFS_SIZE'),
       kubernetesUrl: get<string>('LOOM_SECRETS_K8S_URL'),
     },
-    tunnel: { udpAddr: get<string>('LOOM_TUNNEL_UDP_ADDR'), udpEndpoint: get<string>('LOOM_TUNNEL_UDP_ENDPOINT') },
+    tunnel: { udpAddr: get<string>('LOOM_TUNNEL_UDP_ADDR'), udpEndpoint: get<string>('LOOM_TUNNEL_UDP_ENDPOINT'), k8sImage: get<string>('LOOM_TUNNEL_K8S_IMAGE') },
   };
   try {
     parseCidrs(cfg.weaver.networkAllowedNetworks);

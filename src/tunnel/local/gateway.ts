@@ -18,9 +18,11 @@ import { PROBE_LEN, PROBE_TYPE } from '../probe.js';
 export interface LiveEndpoint {
   weaverId: string;
   publicKey: string;
-  /** A process inside the weaver's network namespace (wireguard-go itself). */
+  /** A process inside the weaver's network namespace (wireguard-go itself); unused when `host` is set. */
   pid: number;
   port: number;
+  /** A routable address of the endpoint (a Kubernetes pod IP): datagrams go there straight from loom-server, not through a netns forwarder. */
+  host?: string;
 }
 
 interface Binding {
@@ -30,8 +32,13 @@ interface Binding {
 }
 
 interface Forwarder {
-  proc: ChildProcess;
+  /** What it forwards to (a changed endpoint needs a new forwarder). */
+  target: string;
   clients: Map<number, Binding>;
+  send(id: number, datagram: Buffer): void;
+  /** A client went away. */
+  drop(id: number): void;
+  stop(): void;
 }
 
 const MAX_BINDINGS = 4096;
@@ -103,7 +110,7 @@ export class Gateway {
     }
     f.clients.set(b.id, b);
     this.counters.toWeavers++;
-    f.proc.stdin!.write(frame(b.id, datagram));
+    f.send(b.id, datagram);
   }
 
   /** A client (relay connection) went away. */
@@ -116,8 +123,7 @@ export class Gateway {
     const f = this.forwarders.get(weaverId);
     if (f) {
       this.forwarders.delete(weaverId);
-      f.proc.stdin!.end();
-      f.proc.kill();
+      f.stop();
     }
     for (const [k, b] of this.bindings) if (b.weaverId === weaverId) this.bindings.delete(k);
   }
@@ -153,7 +159,7 @@ export class Gateway {
     const f = this.forwarders.get(b.weaverId);
     if (f) {
       f.clients.delete(b.id);
-      f.proc.stdin!.write(frame(b.id, Buffer.alloc(0)));
+      f.drop(b.id);
     }
   }
 
@@ -163,10 +169,75 @@ export class Gateway {
       this.dropWeaver(weaverId);
       return null;
     }
+    const target = ep.host ? `udp:${ep.host}:${ep.port}` : `netns:${ep.pid}:${ep.port}`;
     const have = this.forwarders.get(weaverId);
-    if (have) return have;
+    if (have && have.target === target) return have;
+    if (have) this.dropWeaverForwarder(weaverId);
+    const f = ep.host ? this.directForwarder(weaverId, target, ep.host, ep.port) : this.netnsForwarder(weaverId, target, ep);
+    this.forwarders.set(weaverId, f);
+    return f;
+  }
+
+  private dropWeaverForwarder(weaverId: string): void {
+    const f = this.forwarders.get(weaverId);
+    if (!f) return;
+    this.forwarders.delete(weaverId);
+    f.stop();
+  }
+
+  /**
+   * Straight to a routable endpoint (a pod IP): one UDP socket per client, so the endpoint sees
+   * each client as its own address; only datagrams from the endpoint's address and port go back.
+   */
+  private directForwarder(weaverId: string, target: string, host: string, port: number): Forwarder {
+    const sockets = new Map<number, Socket>();
+    const clients = new Map<number, Binding>();
+    const type = host.includes(':') ? 'udp6' : 'udp4';
+    const unmapped = (a: string) => a.replace(/^::ffff:/, '');
+    return {
+      target,
+      clients,
+      send: (id, datagram) => {
+        let s = sockets.get(id);
+        if (!s) {
+          const sock = createSocket(type);
+          s = sock;
+          sockets.set(id, sock);
+          sock.on('error', (e) => this.log.warn({ weaver: weaverId, err: e }, 'tunnel forwarder socket error'));
+          sock.on('message', (msg, rinfo) => {
+            if (unmapped(rinfo.address) !== unmapped(host) || rinfo.port !== port) return;
+            const b = clients.get(id);
+            if (!b) return;
+            this.counters.toClients++;
+            b.reply(msg);
+          });
+        }
+        s.send(datagram, port, host);
+      },
+      drop: (id) => {
+        sockets.get(id)?.close();
+        sockets.delete(id);
+      },
+      stop: () => {
+        for (const s of sockets.values()) s.close();
+        sockets.clear();
+        clients.clear();
+      },
+    };
+  }
+
+  private netnsForwarder(weaverId: string, target: string, ep: LiveEndpoint): Forwarder {
     const proc = spawn('nsenter', [`--net=${netnsOf(ep.pid)}`, '--', process.execPath, INNER, String(ep.port)], { stdio: ['pipe', 'pipe', 'pipe'] });
-    const f: Forwarder = { proc, clients: new Map() };
+    const f: Forwarder = {
+      target,
+      clients: new Map(),
+      send: (id, datagram) => void proc.stdin!.write(frame(id, datagram)),
+      drop: (id) => void proc.stdin!.write(frame(id, Buffer.alloc(0))),
+      stop: () => {
+        proc.stdin!.end();
+        proc.kill();
+      },
+    };
     proc.stdout!.on(
       'data',
       deframer((id, d) => {
@@ -181,7 +252,6 @@ export class Gateway {
     proc.once('exit', () => {
       if (this.forwarders.get(weaverId) === f) this.forwarders.delete(weaverId);
     });
-    this.forwarders.set(weaverId, f);
     return f;
   }
 }

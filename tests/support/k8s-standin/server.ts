@@ -54,6 +54,7 @@ export type JsonPod = {
   };
   status?: {
     phase?: string;
+    podIP?: string;
     reason?: string;
     message?: string;
     startTime?: string;
@@ -172,7 +173,7 @@ export class K8sStandin {
   /** Subprotocol negotiated by each attach connection, in order. */
   readonly attachProtocols: string[] = [];
   /** Every exec: pod, argv, flags and negotiated subprotocol, in order. */
-  readonly execs: { pod: string; command: string[]; tty: boolean; stdin: boolean; protocol: string }[] = [];
+  readonly execs: { pod: string; command: string[]; tty: boolean; stdin: boolean; protocol: string; container: string }[] = [];
   /** Each pod's root filesystem for exec (a busybox chroot made on first use; the stand-in's "container"). */
   private readonly podRoots = new Map<string, string>();
   private readonly execChildren = new Set<ChildProcess>();
@@ -850,7 +851,8 @@ export class K8sStandin {
     const p = this.pods.get(`${ns}/${name}`);
     if (!p) return refuse(404, status(404, 'NotFound', `pods "${name}" not found`));
     const container = url.searchParams.get('container') ?? p.spec.containers[0].name;
-    const st = (p.status?.containerStatuses ?? []).find((c) => c.name === container);
+    // native sidecars (init containers with restartPolicy Always) take exec like containers
+    const st = [...(p.status?.containerStatuses ?? []), ...(p.status?.initContainerStatuses ?? [])].find((c) => c.name === container);
     if (!st?.state.running) return refuse(400, status(400, 'BadRequest', `unable to upgrade connection: container ${container} not found in pod ${name}, or not running`));
     const tty = url.searchParams.get('tty');
     const stderr = url.searchParams.get('stderr');
@@ -885,6 +887,11 @@ export class K8sStandin {
     });
   }
 
+  /** The directory exec runs chrooted in for this pod (tests may add programs to its bin/). */
+  podRootOf(name: string): string {
+    return this.podRoot(name);
+  }
+
   /** A pod's root filesystem: busybox and its applets in a private directory, /workspace and /tmp. */
   private podRoot(name: string): string {
     let d = this.podRoots.get(name);
@@ -913,7 +920,8 @@ export class K8sStandin {
     const p = this.pods.get(`${ns}/${name}`);
     if (!p) return refuse(404, status(404, 'NotFound', `pods "${name}" not found`));
     const container = url.searchParams.get('container') ?? p.spec.containers[0].name;
-    const st = (p.status?.containerStatuses ?? []).find((c) => c.name === container);
+    // native sidecars (init containers with restartPolicy Always) take exec like containers
+    const st = [...(p.status?.containerStatuses ?? []), ...(p.status?.initContainerStatuses ?? [])].find((c) => c.name === container);
     if (!st?.state.running) return refuse(400, status(400, 'BadRequest', `unable to upgrade connection: container ${container} not found in pod ${name}, or not running`));
     const command = url.searchParams.getAll('command');
     if (command.length === 0) return refuse(400, status(400, 'BadRequest', 'you must specify at least one command for the container'));
@@ -922,7 +930,7 @@ export class K8sStandin {
     const root = this.podRoot(name);
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       const protocol = ws.protocol || 'channel.k8s.io';
-      this.execs.push({ pod: name, command, tty: false, stdin: flag('stdin'), protocol });
+      this.execs.push({ pod: name, command, tty: false, stdin: flag('stdin'), protocol, container });
       const child = spawn(CHROOT, [root, ...command], { stdio: [flag('stdin') ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: { PATH: '/bin', HOME: '/workspace' }, cwd: root });
       this.execChildren.add(child);
       const send = (ch: number, b: Buffer) => ws.readyState === ws.OPEN && ws.send(Buffer.concat([Buffer.from([ch]), b]));
