@@ -14,7 +14,9 @@ const NAME_RE = /\b(LOOM_[A-Z0-9_]+|KUBECONFIG)\b/g;
 // LOOM_DEBUG) are the user's, documented with the CLI, and not part of the server's table.
 // loom-audit-sidecar (src/audit/sidecar/) is its own process: its LOOM_AUDIT_* settings are set
 // by loom-server (local) or the pod spec (kubernetes) and documented in README "Audit".
-const NOT_SERVER = ['src/cli/', 'src/audit/sidecar/'];
+// `loom run --local` (src/run/) runs in the CLI's process, never in the server: its settings
+// (LOOM_RUN_USERNS_BASE) are the user's, documented in README "loom run --local".
+const NOT_SERVER = ['src/cli/', 'src/audit/sidecar/', 'src/run/'];
 
 // Names the server *sets* in a weaver's environment (pod spec / OCI config); it never reads them.
 const WEAVER_ENV = new Set([
