@@ -8,21 +8,14 @@ import t from 'tap';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, type TestServer } from '../support/server.js';
+import { createRunning } from '../support/weavers.js';
 import { waitUntil } from '../support/attach.js';
 
 type Weaver = { id: string; status: string; reason?: string };
 type Op = { operation_id: string; status: string; snapshot_id?: string };
 type ImageView = { name: string; digest: string; in_use: number; users?: string[] };
 
-async function running(srv: TestServer, tok: string, body: Record<string, unknown>): Promise<Weaver> {
-  const r = await srv.api<Weaver>('POST', '/api/weaver', tok, body);
-  if (r.status !== 202) throw new Error(`create: ${r.status} ${JSON.stringify(r.body)}`);
-  return waitUntil(async () => {
-    const g = await srv.api<Weaver>('GET', `/api/weaver/${r.body.id}`, tok);
-    if (g.body.status === 'failed') throw new Error(`failed: ${g.body.reason}`);
-    return g.body.status === 'running' ? g.body : null;
-  }, 'weaver running', 60_000);
-}
+const running = (srv: TestServer, tok: string, body: Record<string, unknown>) => createRunning<Weaver>(srv, tok, body);
 
 t.test('a snapshot keeps its image; names and unpacked trees go in order', async (t) => {
   const srv = await startServer({ t });

@@ -17,6 +17,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { SERVER_BIN, freshDataDir, loomCli, run, startServer, tempDir, type TestServer } from '../support/server.js';
+import { createRunning } from '../support/weavers.js';
 import { waitUntil } from '../support/attach.js';
 
 type Weaver = { id: string; status: string; image: string; reason?: string };
@@ -43,15 +44,7 @@ if (process.getuid?.() !== 0 || !hasMmdebstrap) {
 } else {
   const tag = randomBytes(3).toString('hex');
 
-  async function running(srv: TestServer, tok: string, body: Record<string, unknown>): Promise<Weaver> {
-    const r = await srv.api<Weaver>('POST', '/api/weaver', tok, body);
-    if (r.status !== 202) throw new Error(`create: ${r.status} ${JSON.stringify(r.body)}`);
-    return waitUntil(async () => {
-      const g = await srv.api<Weaver>('GET', `/api/weaver/${r.body.id}`, tok);
-      if (g.body.status === 'failed') throw new Error(`failed: ${g.body.reason}`);
-      return g.body.status === 'running' ? g.body : null;
-    }, 'weaver running', 120_000);
-  }
+  const running = (srv: TestServer, tok: string, body: Record<string, unknown>) => createRunning<Weaver>(srv, tok, body, 120_000);
   async function exec(srv: TestServer, tok: string, id: string, command: string[]): Promise<Exec> {
     const r = await srv.api<Exec>('POST', `/api/weaver/${id}/exec`, tok, { command, timeout_secs: 60 });
     if (r.status !== 200) throw new Error(`exec: ${r.status} ${JSON.stringify(r.body)}`);

@@ -15,6 +15,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { startServer, type TestServer } from '../support/server.js';
+import { createRunning } from '../support/weavers.js';
 import { waitUntil } from '../support/attach.js';
 
 type Weaver = { id: string; status: string; reason?: string };
@@ -89,15 +90,7 @@ if (process.getuid?.() !== 0 || missing.length) {
     return Number(line.toString().trim());
   }
 
-  async function running(srv: TestServer, tok: string): Promise<Weaver> {
-    const r = await srv.api<Weaver>('POST', '/api/weaver', tok, {});
-    if (r.status !== 202) throw new Error(`create: ${r.status} ${JSON.stringify(r.body)}`);
-    return waitUntil(async () => {
-      const g = await srv.api<Weaver>('GET', `/api/weaver/${r.body.id}`, tok);
-      if (g.body.status === 'failed') throw new Error(`failed: ${g.body.reason}`);
-      return g.body.status === 'running' ? g.body : null;
-    }, 'weaver running', 60_000);
-  }
+  const running = (srv: TestServer, tok: string) => createRunning<Weaver>(srv, tok);
 
   async function exec(srv: TestServer, tok: string, id: string, command: string[]): Promise<Exec> {
     const r = await srv.api<Exec>('POST', `/api/weaver/${id}/exec`, tok, { command, timeout_secs: 30 });

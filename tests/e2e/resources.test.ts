@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, loomCli, tempDir, type TestServer } from '../support/server.js';
+import { createRunning } from '../support/weavers.js';
 import { waitUntil } from '../support/attach.js';
 import { cleanupContainers, mutate } from '../branching/helpers.js';
 
@@ -23,15 +24,7 @@ async function cleanup(srv: TestServer, tokens: string[]): Promise<void> {
   await srv.stop();
 }
 
-async function running(srv: TestServer, tok: string, body: Record<string, unknown>): Promise<Weaver> {
-  const r = await srv.api<Weaver>('POST', '/api/weaver', tok, body);
-  if (r.status !== 202) throw new Error(`create: ${r.status} ${JSON.stringify(r.body)}`);
-  return waitUntil(async () => {
-    const g = await srv.api<Weaver>('GET', `/api/weaver/${r.body.id}`, tok);
-    if (g.body.status === 'failed') throw new Error(`failed: ${g.body.reason}`);
-    return g.body.status === 'running' ? g.body : null;
-  }, 'weaver running', 60_000);
-}
+const running = (srv: TestServer, tok: string, body: Record<string, unknown>) => createRunning<Weaver>(srv, tok, body);
 
 /** A cgroup v1 controller file of a container, or the v2 file; null when neither exists. */
 function cgroupValue(controller: string, v1file: string, v2file: string, path: string): string | null {
