@@ -8,21 +8,7 @@ import type { Command } from 'commander';
 import { ApiClient, CliError } from './client.js';
 import { client, globals } from './context.js';
 import { resolveWeaverId } from './weaver.js';
-
-interface AuditEventView {
-  id: number;
-  seq: number;
-  timestamp_ns: string;
-  pid: number;
-  ppid: number;
-  uid: number;
-  comm: string;
-  exec_id: string;
-  parent_exec_id: string;
-  event_type: string;
-  ret: number;
-  details: Record<string, unknown>;
-}
+import type { AuditEventView } from '../client/index.js';
 
 const TYPES = ['process_exec', 'process_fork', 'process_exit', 'file_open', 'file_write', 'file_metadata', 'network_connect', 'network_listen', 'network_accept', 'privilege_change', 'sandbox_escape', 'memory_exec', 'audit_gap'];
 

@@ -203,6 +203,28 @@ export interface ForkRequest {
 
 const FINAL_OPS = new Set(['succeeded', 'failed', 'cancelled', 'timed_out']);
 
+/** One event of a weaver's audit trail as `GET /api/weaver/:id/audit` serves it (README "Audit"). */
+export interface AuditEventView {
+  id: number;
+  weaver_id: string;
+  org_id: string;
+  owner_user_id: string;
+  boot_id: string;
+  seq: number;
+  /** ns since the epoch, as a decimal string (beyond 2^53) */
+  timestamp_ns: string;
+  pid: number;
+  ppid: number;
+  tid: number;
+  uid: number;
+  comm: string;
+  exec_id: string;
+  parent_exec_id: string;
+  event_type: string;
+  ret: number;
+  details: Record<string, unknown>;
+}
+
 export interface LoomClientOptions {
   serverUrl: string;
   /** API token (`loom login`, or `loom-server admin token`); null for unauthenticated calls. */

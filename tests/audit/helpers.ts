@@ -11,23 +11,8 @@ import type { Test } from 'tap';
 import { ROOT, type TestServer } from '../support/server.js';
 import { buildDefaultRootfs, writeSingleLayerLayout } from '../../src/provisioners/local/default-image.js';
 
-export interface AuditEventView {
-  id: number;
-  weaver_id: string;
-  org_id: string;
-  boot_id: string;
-  seq: number;
-  timestamp_ns: string;
-  pid: number;
-  ppid: number;
-  uid: number;
-  comm: string;
-  exec_id: string;
-  parent_exec_id: string;
-  event_type: string;
-  ret: number;
-  details: Record<string, unknown>;
-}
+import type { AuditEventView } from '../../src/client/index.js';
+export type { AuditEventView };
 
 export interface Teardown {
   teardown(fn: () => unknown): void;
